@@ -1,0 +1,128 @@
+"""Probing and verifying video files, in process with PyAV.
+
+A provider's word about a clip (its container duration, its `nb_frames`) is not proof: a
+truncated download or a half-written file can carry a header that promises more than it holds.
+So `probe` decodes and counts, and `verify_clip` checks what was decoded against what was asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from .errors import MediaError
+
+_CHUNK = 1 << 20  # 1 MiB
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a video file really holds."""
+
+    duration_s: float
+    frames: int
+    width: int
+    height: int
+    fps: float
+    has_audio: bool
+    video_codec: str
+    bytes: int
+
+
+def probe(path: Path, *, count_frames: bool = True) -> MediaInfo:
+    """Describe the video at `path`; decode every frame when `count_frames` (slower, but true)."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path.name}: not a decodable video (no video stream)")
+            stream = container.streams.video[0]
+            fps = _stream_fps(stream)
+            if count_frames:
+                frames, duration = _count_decoded(container, stream, fps)
+            else:
+                frames, duration = _header_length(container, stream, fps)
+            return MediaInfo(
+                duration_s=duration,
+                frames=frames,
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                fps=float(fps) if fps else 0.0,
+                has_audio=bool(container.streams.audio),
+                video_codec=stream.codec_context.name,
+                bytes=path.stat().st_size,
+            )
+    except MediaError:
+        raise
+    # PyAV raises FFmpegError (an OSError for missing files), ValueError/EOFError on garbage.
+    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        raise MediaError(f"{path.name}: not a decodable video ({_reason(exc)})") from exc
+
+
+def verify_clip(path: Path, expected_duration_s: float | None, tolerance_s: float = 0.25) -> MediaInfo:
+    """Decode the clip and raise MediaError unless it has frames and (if given) the expected length."""
+    path = Path(path)
+    info = probe(path, count_frames=True)
+    if info.frames == 0:
+        raise MediaError(f"{path.name}: the video stream has no decodable frames")
+    if expected_duration_s is not None and abs(info.duration_s - expected_duration_s) > tolerance_s:
+        raise MediaError(
+            f"{path.name}: duration is {info.duration_s:.2f} s, expected {expected_duration_s:.2f} s "
+            f"(tolerance {tolerance_s:.2f} s)"
+        )
+    return info
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed so large clips don't sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def _count_decoded(container: av.container.InputContainer, stream, fps: Fraction | None) -> tuple[int, float]:
+    """Frame count and duration from the decoded frames' own timestamps."""
+    stream.thread_type = "AUTO"  # decoding is the slow part; let FFmpeg use every core
+    frames, first, last = 0, None, None
+    for frame in container.decode(stream):
+        frames += 1
+        if frame.time is not None:
+            first = frame.time if first is None else min(first, frame.time)
+            last = frame.time if last is None else max(last, frame.time)
+    if frames == 0:
+        return 0, 0.0
+    frame_s = 1 / float(fps) if fps else 0.0
+    if first is None or last is None:
+        return frames, frames * frame_s
+    # The span of presentation times plus the last frame's own display time.
+    return frames, round(last - first + frame_s, 6)
+
+
+def _header_length(container: av.container.InputContainer, stream, fps: Fraction | None) -> tuple[int, float]:
+    """Frame count and duration from the stream header (fast, trusts the file)."""
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    else:
+        duration = 0.0
+    frames = stream.frames or (round(duration * float(fps)) if fps else 0)
+    return frames, round(duration, 6)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())

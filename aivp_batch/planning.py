@@ -1,0 +1,257 @@
+"""Where a shot becomes a payload: mode choice, prompt variant, duration rounding, field mapping,
+cost estimate and the job's identity.
+
+Local files go into payloads as `file://` URIs; the runner swaps them for uploaded URLs just
+before submitting. A job's identity hashes those files by content, so the same render is
+recognised whatever URL the upload got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import FLF, I2V, REF, T2V, ModelSpec, ModeSpec
+from .pricing import estimate_usd
+from .storyboard import Shot
+
+DEFAULT_ASPECT = "16:9"
+DEFAULT_DURATION_S = 5
+_CN_IMAGE_REF = re.compile(r"@(?:图片|图|image_file_|Image|image)(\d+)")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One provider request. `shots` has one shot now; a multi-shot group will have several."""
+
+    key: str
+    shots: tuple[Shot, ...]
+    provider: str
+    model: str
+    mode: str
+    endpoint: str
+    payload: dict[str, Any]
+    files: dict[str, Path]  # payload path (e.g. "image_url", "image_urls[1]") → local file
+    duration_s: int
+    requested_duration_s: float | None
+    duration_note: str | None
+    prompt_variant: str
+    seed: int
+    seed_random: bool
+    estimate_usd: float
+    settings: dict[str, Any]
+    identity: str = ""
+    file_hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return str(self.payload.get("prompt", ""))
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    errors: list[str]  # one line each: shot/file, model, what is wrong
+
+    @property
+    def total_usd(self) -> float:
+        return round(sum(j.estimate_usd for j in self.jobs), 4)
+
+
+def plan_jobs(shots: Sequence[Shot], spec: ModelSpec, *, provider: str, seed: int | None,
+              duration_policy: str = "raise", character_refs: bool = True,
+              payload_extra: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> Plan:
+    """Turn shots into jobs for one model; problems are collected, one line per shot."""
+    if duration_policy not in ("raise", "strict"):
+        raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
+    rng = rng or random.Random()
+    plan = Plan(jobs=[], errors=[])
+    for shot in shots:
+        try:
+            plan.jobs.append(_plan_shot(shot, spec, provider=provider, seed=seed, rng=rng,
+                                        duration_policy=duration_policy, character_refs=character_refs,
+                                        payload_extra=payload_extra or {}))
+        except ConfigError as exc:
+            plan.errors.append(str(exc))
+    return plan
+
+
+def _plan_shot(shot: Shot, spec: ModelSpec, *, provider: str, seed: int | None, rng: random.Random,
+               duration_policy: str, character_refs: bool, payload_extra: Mapping[str, Any]) -> Job:
+    mode_spec = choose_mode(shot, spec, character_refs)
+    variant, prompt = pick_prompt(shot, spec)
+    if mode_spec.mode == REF and mode_spec.ref_token:
+        prompt = reference_prompt(prompt, shot, mode_spec.ref_token)
+    duration, note = fit_duration(shot, mode_spec, duration_policy)
+    job_seed = seed if seed is not None else rng.randrange(0, 2**31 - 1)
+    generic = _generic_values(shot, mode_spec, prompt, duration, job_seed)
+    payload, files = build_payload(mode_spec, generic)
+    payload.update(payload_extra)
+    aspect = generic["aspect_ratio"]
+    cost = estimate_usd(spec.pricing, duration_s=duration, settings=mode_spec.settings,
+                        endpoint=mode_spec.endpoint, mode=mode_spec.mode, aspect_ratio=aspect)
+    hashes = {key: sha256_path(path) for key, path in files.items()}
+    seed_spec = mode_spec.fields.get("seed")
+    identity = job_identity(provider, mode_spec.endpoint, payload, files, hashes, seed is None,
+                            seed_spec.field if seed_spec else None)
+    return Job(key=shot.id, shots=(shot,), provider=provider, model=spec.name, mode=mode_spec.mode,
+              endpoint=mode_spec.endpoint, payload=payload, files=files, duration_s=duration,
+              requested_duration_s=shot.duration_s, duration_note=note, prompt_variant=variant,
+              seed=job_seed, seed_random=seed is None, estimate_usd=cost, settings=dict(mode_spec.settings),
+              identity=identity, file_hashes=hashes)
+
+
+def choose_mode(shot: Shot, spec: ModelSpec, character_refs: bool) -> ModeSpec:
+    """I2V when there is a keyframe (FLF with an end frame the model takes), else REF or T2V."""
+    if shot.start_frame is not None:
+        if shot.end_frame is not None:
+            flf = spec.mode(FLF) or (spec.mode(I2V) if spec.supports_end_frame(I2V) else None)
+            if flf is not None:
+                return _as_mode(flf, FLF)
+        if spec.mode(I2V) is not None:
+            return spec.modes[I2V]
+    if character_refs and shot.character_refs and spec.mode(REF) is not None:
+        return spec.modes[REF]
+    if spec.mode(T2V) is None:
+        raise ConfigError(f"{shot.id}: model={spec.name} has no text-to-video endpoint and the shot has no keyframe")
+    return spec.modes[T2V]
+
+
+def _as_mode(mode_spec: ModeSpec, mode: str) -> ModeSpec:
+    if mode_spec.mode == mode:
+        return mode_spec
+    return ModeSpec(model=mode_spec.model, mode=mode, endpoint=mode_spec.endpoint, fields=mode_spec.fields,
+                    durations=mode_spec.durations, settings=mode_spec.settings,
+                    ref_token=mode_spec.ref_token, params=mode_spec.params)
+
+
+def pick_prompt(shot: Shot, spec: ModelSpec) -> tuple[str, str]:
+    """The storyboard prompt variant the model was written for, else the next best one."""
+    for variant in (*spec.prompt_order, *shot.prompts):
+        text = (shot.prompts.get(variant) or "").strip()
+        if text:
+            return variant, text
+    raise ConfigError(f"{_where(shot)}: no motion prompt for model={spec.name}")
+
+
+def reference_prompt(prompt: str, shot: Shot, token: str) -> str:
+    """Point the prompt's character references at the uploaded portraits (@Image1, @Element1…)."""
+    rewritten = _CN_IMAGE_REF.sub(lambda m: token.format(n=m.group(1)), prompt)
+    if token.format(n=1) in rewritten:
+        return rewritten
+    names = [p.stem for p in shot.character_refs]
+    legend = "; ".join(f"{token.format(n=i)}: {name}" for i, name in enumerate(names, start=1))
+    return f"{rewritten}\n{legend}"
+
+
+def fit_duration(shot: Shot, mode_spec: ModeSpec, policy: str) -> tuple[int, str | None]:
+    """Raise the shot's duration to the nearest allowed value (never shorten), or refuse when strict."""
+    allowed = sorted(mode_spec.durations) or [DEFAULT_DURATION_S]
+    wanted = shot.duration_s
+    if wanted is None:
+        pick = min((d for d in allowed if d >= DEFAULT_DURATION_S), default=allowed[-1])
+        return pick, f"no duration in the shot; using {pick}s"
+    if wanted in allowed:
+        return int(wanted), None
+    listing = ", ".join(str(d) for d in allowed)
+    if policy == "strict":
+        raise ConfigError(f"{_where(shot)}: duration {_fmt(wanted)}s is not allowed by {mode_spec.endpoint} "
+                          f"(allowed: {listing}) and duration_policy=strict")
+    longer = [d for d in allowed if d >= wanted]
+    if not longer:
+        raise ConfigError(f"{_where(shot)}: duration {_fmt(wanted)}s is longer than {mode_spec.endpoint} allows "
+                          f"(allowed: {listing}); split the shot or pick another model")
+    return longer[0], f"raised {_fmt(wanted)}s → {longer[0]}s (allowed: {listing})"
+
+
+def _generic_values(shot: Shot, mode_spec: ModeSpec, prompt: str, duration: int, seed: int) -> dict[str, Any]:
+    settings = mode_spec.settings
+    return {
+        "prompt": prompt,
+        "start_frame": shot.start_frame if mode_spec.mode in (I2V, FLF) else None,
+        "end_frame": shot.end_frame if mode_spec.mode == FLF else None,
+        "character_refs": list(shot.character_refs) if mode_spec.mode == REF else None,
+        "duration": duration,
+        "aspect_ratio": shot.aspect_ratio or DEFAULT_ASPECT,
+        "resolution": settings.get("resolution"),
+        "audio": settings.get("audio"),
+        "seed": seed,
+        "camera_fixed": shot.camera_fixed,
+        "negative_prompt": shot.negative_prompt,
+        "title": shot.id,
+    }
+
+
+def build_payload(mode_spec: ModeSpec, generic: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Map generic values to the endpoint's fields; local files become file:// URIs."""
+    payload: dict[str, Any] = dict(mode_spec.params)
+    files: dict[str, Path] = {}
+    for name, fspec in mode_spec.fields.items():
+        value = generic.get(name)
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            files[fspec.field] = value
+            payload[fspec.field] = value.as_uri()
+        elif isinstance(value, list):
+            payload[fspec.field] = _file_list(fspec.field, fspec.shape, value, files)
+        else:
+            payload[fspec.field] = fspec.convert(value)
+    return payload, files
+
+
+def _file_list(name: str, shape: str | None, paths: list[Path], files: dict[str, Path]) -> list[Any]:
+    out: list[Any] = []
+    for i, path in enumerate(paths):
+        if shape == "frontal_image":
+            files[f"{name}[{i}].frontal_image_url"] = path
+            out.append({"frontal_image_url": path.as_uri()})
+        else:
+            files[f"{name}[{i}]"] = path
+            out.append(path.as_uri())
+    return out
+
+
+def sha256_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def job_identity(provider: str, endpoint: str, payload: Mapping[str, Any], files: Mapping[str, Path],
+                 hashes: Mapping[str, str], seed_random: bool, seed_field: str | None = None) -> str:
+    """sha256 of the canonical request: files by content, a randomly drawn seed as 'random'."""
+    uri_to_hash = {files[k].as_uri(): f"sha256:{hashes[k]}" for k in files}
+    canon = _replace_strings(dict(payload), uri_to_hash)
+    if seed_random and seed_field and seed_field in canon:
+        canon[seed_field] = "random"
+    blob = json.dumps({"provider": provider, "endpoint": endpoint, "payload": canon},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _replace_strings(value: Any, table: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return table.get(value, value)
+    if isinstance(value, list):
+        return [_replace_strings(v, table) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_strings(v, table) for k, v in value.items()}
+    return value
+
+
+def _where(shot: Shot) -> str:
+    return shot.id if shot.source is None else f"{shot.id} ({shot.source.name})"
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,70 @@
+"""Cost estimates from a model's declarative pricing rule.
+
+Rules (conf/model/*.yaml `pricing`):
+  unit: second  rates: [{when: {...}, usd: 0.14}, {usd: 0.07}]           $/s
+  unit: token   fps: 24  rates: [{when: {...}, usd_per_million: 2.4}]     tokens = h×w×fps×s/1024
+  unit: video   rates: [{usd: 0.5}]                                        per clip
+  unit: free
+The first rate whose `when` matches wins. `when` keys compare with the job's settings (audio,
+resolution, tier variables); `endpoint` and `mode` match as substrings of the endpoint id / mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+_SHORT_SIDE = {"360p": 360, "480p": 480, "512p": 512, "720p": 720, "768p": 768, "1080p": 1080,
+               "true_1080p": 1080, "1440p": 1440, "2k": 1440, "4k": 2160}
+
+
+def frame_size(resolution: str | None, aspect_ratio: str | None) -> tuple[int, int]:
+    """(width, height) for a resolution name and aspect ratio; even numbers, short side = the p value."""
+    short = _SHORT_SIDE.get(str(resolution or "720p").lower(), 720)
+    try:
+        aw, ah = (float(x) for x in str(aspect_ratio or "16:9").split(":"))
+    except ValueError:
+        aw, ah = 16.0, 9.0
+    if aw >= ah:
+        return _even(short * aw / ah), _even(short)
+    return _even(short), _even(short * ah / aw)
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def estimate_usd(rule: Mapping[str, Any], *, duration_s: float, settings: Mapping[str, Any],
+                 endpoint: str = "", mode: str = "", aspect_ratio: str | None = None) -> float:
+    """Estimated cost of one clip, in USD, rounded to 1/10000 of a dollar."""
+    unit = rule.get("unit", "free")
+    if unit == "free":
+        return 0.0
+    context = {**settings, "endpoint": endpoint, "mode": mode}
+    rate = _first_match(rule.get("rates") or [], context)
+    if unit == "second":
+        return round(float(rate["usd"]) * duration_s, 4)
+    if unit == "video":
+        return round(float(rate["usd"]), 4)
+    if unit == "token":
+        width, height = frame_size(settings.get("resolution"), aspect_ratio)
+        tokens = width * height * float(rule.get("fps", 24)) * duration_s / 1024
+        return round(tokens / 1e6 * float(rate["usd_per_million"]), 4)
+    raise ConfigError(f"pricing unit {unit!r} is not one of second, token, video, free")
+
+
+def _first_match(rates: list[Mapping[str, Any]], context: Mapping[str, Any]) -> Mapping[str, Any]:
+    for rate in rates:
+        if all(_matches(key, want, context.get(key)) for key, want in (rate.get("when") or {}).items()):
+            return rate
+    raise ConfigError(f"no pricing rate matches {dict(context)}")
+
+
+def _matches(key: str, want: Any, have: Any) -> bool:
+    if key in ("endpoint", "mode"):
+        return str(want) in str(have or "")
+    if isinstance(want, str) and isinstance(have, str):
+        return want.lower() == have.lower()
+    return want == have

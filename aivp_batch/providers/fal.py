@@ -1,0 +1,578 @@
+"""fal.ai's queue protocol (see shared/reference/fal-queue-protocol.md).
+
+submit → (SSE status stream, or polling) → result → download, plus CDN uploads and cancel.
+Every base URL comes from the constructor so tests can point them all at a local `FakeFal`.
+
+Retry rules, the money-relevant part:
+- submit is retried only when fal surely never saw it (connect failure, 429). A read timeout,
+  a reset after sending or a 5xx may hide an accepted (billed) request, so submit raises
+  `TransientError` saying so and the runner records the job as unknown instead of resubmitting.
+- status, stream, result, download, token, upload and cancel are idempotent reads or
+  content-addressed writes: retried with exponential backoff + jitter, honouring `Retry-After`,
+  on 429, 408, fal's ingress 502/503/504 (nginx HTML, no `x-fal-request-id`) and transport errors.
+  Status polling also retries any 5xx (as fal-js does). A result's non-2xx is the model's own
+  answer replayed (422, 499, 504 start timeout…): final, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import mimetypes
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from ..errors import AuthError, RequestFailed, TransientError
+from ..keys import HOW_TO_SET, redact
+from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
+
+log = logging.getLogger(__name__)
+
+MISSING_KEY = f"no fal API key found; {HOW_TO_SET}"
+MAX_SINGLE_UPLOAD = 100 * 1024 * 1024  # fal's multipart threshold; multipart is not implemented
+_SAFE_SUBMIT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # request never sent
+_STREAM_OPENS = 3  # first open + two re-opens, then fall back to polling
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient failures: try n waits min(base * 2**(n-1), max) × U(0.5, 1.5)."""
+
+    attempts: int = 8
+    base_s: float = 0.5
+    max_s: float = 30.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            # The server said when; obey it, but never sleep unboundedly on a bogus header.
+            return min(retry_after, max(self.max_s, 60.0))
+        delay = min(self.base_s * 2 ** (attempt - 1), self.max_s)
+        return min(delay * random.uniform(0.5, 1.5), self.max_s) if self.jitter else delay
+
+
+class _Retry(Exception):
+    """A response (or a short download) worth another try."""
+
+    def __init__(self, reason: str, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds: a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def is_ingress_error(response: httpx.Response) -> bool:
+    """A 502/503/504 from the nginx in front of fal (fal_client's test): the request never got in."""
+    return (
+        response.status_code in (502, 503, 504)
+        and "x-fal-request-id" not in response.headers
+        and "nginx" in response.text.lower()
+    )
+
+
+def _transient_reason(response: httpx.Response, kind: str) -> str | None:
+    code = response.status_code
+    if code == 429:
+        return "HTTP 429 (rate limited)"
+    if kind == "submit":
+        return None
+    if code == 408:
+        return "HTTP 408 (request timeout)"
+    if is_ingress_error(response):
+        return f"HTTP {code} from fal's ingress"
+    user_timeout = "x-fal-request-timeout-type" in response.headers  # fal's start timeout: final
+    if kind in ("status", "download", "token", "upload", "cancel") and code in (500, 502, 503, 504):
+        return None if user_timeout else f"HTTP {code}"
+    return None
+
+
+def app_id(endpoint: str) -> str:
+    """`owner/app` of an endpoint id (three segments under `workflows`/`comfy`), as fal's clients do."""
+    endpoint = endpoint.strip("/")
+    if "/" not in endpoint and (m := re.fullmatch(r"(\d+)-(.+)", endpoint)):
+        endpoint = f"{m.group(1)}/{m.group(2)}"  # legacy "123-myapp"
+    parts = endpoint.split("/")
+    return "/".join(parts[: 3 if parts[0] in ("workflows", "comfy") else 2])
+
+
+def failure_message(endpoint: str, response: httpx.Response, status: dict[str, Any] | None = None) -> str:
+    """`<endpoint>: <code> <first detail msg> at <loc> (<type>)` from fal's two error shapes."""
+    detail, error_type = "", None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        items = body.get("detail")
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            first = items[0]
+            loc = ".".join(str(p) for p in first.get("loc") or [])
+            detail = str(first.get("msg") or "") + (f" at {loc}" if loc else "")
+            error_type = first.get("type")
+            if len(items) > 1:
+                detail += f" (+{len(items) - 1} more)"
+        elif isinstance(items, str):
+            detail, error_type = items, body.get("error_type")
+        elif body.get("status"):
+            detail = str(body["status"])
+    if not detail and status:
+        detail, error_type = str(status.get("error") or ""), error_type or status.get("error_type")
+    if not detail:
+        detail = response.reason_phrase or response.text[:200]
+    error_type = error_type or response.headers.get("x-fal-error-type")
+    message = f"{endpoint}: {response.status_code} {detail}" + (f" ({error_type})" if error_type else "")
+    return " ".join(message.split())[:500]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Progress:
+    """Turns status payloads into StatusUpdates (only on change, only new log lines) and timings."""
+
+    def __init__(self, on_status: StatusCallback | None) -> None:
+        self.on_status = on_status
+        self.t0 = time.monotonic()
+        self.started: float | None = None
+        self.completed: float | None = None
+        self._seen_logs: set[str] = set()
+        self._last: tuple[str, int | None] | None = None
+
+    def feed(self, data: dict[str, Any]) -> str:
+        state = str(data.get("status"))
+        position = data.get("queue_position") if state == "IN_QUEUE" else None
+        new: list[str] = []
+        # Polls repeat the full log list and streams send only new lines: dedupe either way.
+        for entry in data.get("logs") or []:
+            key = json.dumps(entry, sort_keys=True) if isinstance(entry, dict) else str(entry)
+            if key not in self._seen_logs:
+                self._seen_logs.add(key)
+                new.append(str(entry.get("message", "")) if isinstance(entry, dict) else str(entry))
+        now = time.monotonic()
+        if state in ("IN_PROGRESS", "COMPLETED") and self.started is None:
+            self.started = now
+        if state == "COMPLETED":
+            self.completed = now
+        if (state, position) != self._last or new:
+            self._last = (state, position)
+            if self.on_status:
+                self.on_status(StatusUpdate(state, position, tuple(new)))
+        return state
+
+    def timings(self) -> dict[str, float]:
+        done = self.completed or time.monotonic()
+        started = self.started or done
+        return {"queued_s": round(started - self.t0, 3), "running_s": round(done - started, 3)}
+
+
+class FalProvider(Provider):
+    """fal.ai over its queue API, with httpx. Use as an async context manager."""
+
+    name = "fal"
+    needs_key = True
+
+    def __init__(
+        self,
+        key: str | None,
+        queue_url: str = "https://queue.fal.run",
+        rest_url: str = "https://rest.fal.ai",
+        cdn_url: str = "https://v3.fal.media",
+        poll_interval: float = 2.0,
+        start_timeout: float | None = None,
+        client_timeout: float | None = None,
+        use_stream: bool = True,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self._key = key
+        self.queue_url = queue_url.rstrip("/")
+        self.rest_url = rest_url.rstrip("/")
+        self.cdn_url = cdn_url.rstrip("/")
+        self.poll_interval = poll_interval
+        self.start_timeout = start_timeout
+        self.client_timeout = client_timeout
+        self.use_stream = use_stream
+        self.retry = retry or RetryPolicy()
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        headers = {"User-Agent": "aivp-batch (fal queue client)"}
+        # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
+        self._http = httpx.AsyncClient(limits=limits, headers=headers,
+                                       timeout=httpx.Timeout(120.0, connect=30.0, pool=None))
+        # Streams hold a connection for a whole job, so they get their own pool and never starve
+        # submits and downloads; when all stream slots are taken a wait polls instead.
+        self._sse = httpx.AsyncClient(limits=limits, headers=headers,
+                                      timeout=httpx.Timeout(60.0, connect=30.0, pool=None))
+        self._stream_slots = asyncio.Semaphore(max_connections)
+        self._token: tuple[str, str, float] | None = None  # (type, token, expires epoch)
+        self._token_lock = asyncio.Lock()
+        self._uploaded: dict[str, str] = {}
+        self._upload_locks: dict[str, asyncio.Lock] = {}
+
+    def __repr__(self) -> str:  # never the key
+        return f"FalProvider(queue_url={self.queue_url!r}, key={'set' if self._key else 'missing'})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._sse.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+    def _key_headers(self) -> dict[str, str]:
+        if not self._key:
+            raise AuthError(MISSING_KEY)
+        return {"Authorization": f"Key {self._key}"}
+
+    def _clean(self, text: str) -> str:
+        return redact(text, [self._key])
+
+    def _auth_error(self, response: httpx.Response) -> AuthError:
+        return AuthError(f"fal rejected the API key (HTTP {response.status_code}); {HOW_TO_SET}")
+
+    def _retrying(self, kind: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return self.retry.delay(state.attempt_number, exc.retry_after if isinstance(exc, _Retry) else None)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning(self._clean(f"fal {kind}: {_describe(exc)}; retry {state.attempt_number} in {delay:.2f}s"))
+
+        return AsyncRetrying(stop=stop_after_attempt(max(1, self.retry.attempts)), wait=wait,
+                             retry=retry_if_exception(retry_on), before_sleep=before_sleep, reraise=True)
+
+    async def _call(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One idempotent request with transient failures retried; exhaustion → TransientError."""
+        try:
+            async for attempt in self._retrying(kind, _is_transient):
+                with attempt:
+                    response = await self._http.request(method, url, **kwargs)
+                    _raise_if_transient(response, kind)
+        except (_Retry, httpx.TransportError) as exc:
+            raise TransientError(self._clean(
+                f"fal {kind} failed after {self.retry.attempts} attempts: {_describe(exc)}")) from None
+        return response
+
+    def complete_urls(self, sub: Submission) -> Submission:
+        """Fill URLs an old record lacks, from the app-only form fal's clients use for resuming."""
+        if sub.status_url and sub.response_url and sub.cancel_url:
+            return sub
+        base = f"{self.queue_url}/{app_id(sub.endpoint)}/requests/{sub.request_id}"
+        return replace(sub, status_url=sub.status_url or f"{base}/status",
+                       response_url=sub.response_url or base, cancel_url=sub.cancel_url or f"{base}/cancel")
+
+    def attach(self, data: dict[str, Any]) -> Submission:
+        return self.complete_urls(Submission.from_dict(data))
+
+    # ------------------------------------------------------------------ auth
+    async def check_auth(self) -> None:
+        """Missing key → AuthError; else one cheap authenticated call (the storage token)."""
+        self._key_headers()
+        await self._storage_token()
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, endpoint: str, payload: dict[str, Any]) -> Submission:
+        endpoint = endpoint.strip("/")
+        headers = self._key_headers()
+        if self.start_timeout is not None:
+            headers["X-Fal-Request-Timeout"] = f"{self.start_timeout:g}"
+
+        def safe_to_retry(exc: BaseException) -> bool:
+            return isinstance(exc, _SAFE_SUBMIT_ERRORS) or (isinstance(exc, _Retry) and exc.status_code == 429)
+
+        unknown = f"{endpoint}: submit outcome unknown, fal may have accepted (and billed) the request"
+        try:
+            async for attempt in self._retrying("submit", safe_to_retry):
+                with attempt:
+                    response = await self._http.post(f"{self.queue_url}/{endpoint}", json=payload, headers=headers)
+                    _raise_if_transient(response, "submit")
+        except (_Retry, *_SAFE_SUBMIT_ERRORS) as exc:
+            raise TransientError(self._clean(
+                f"{endpoint}: submit not accepted ({_describe(exc)}) after {self.retry.attempts} attempts; "
+                "nothing was queued")) from None
+        except httpx.TransportError as exc:
+            raise TransientError(self._clean(f"{unknown} ({_describe(exc)})")) from None
+        code = response.status_code
+        if code in (401, 403):
+            raise self._auth_error(response)
+        if code >= 500 or code == 408:
+            raise TransientError(self._clean(f"{unknown} (HTTP {code})"))
+        if code >= 400:
+            raise RequestFailed(self._clean(f"submit rejected: {failure_message(endpoint, response)}"),
+                                status_code=code)
+        try:
+            data = response.json()
+            request_id = str(data["request_id"])
+        except (ValueError, KeyError, TypeError):
+            raise TransientError(f"{unknown} (HTTP {code} without a request id)") from None
+        return self.complete_urls(Submission(
+            request_id=request_id, endpoint=endpoint, status_url=data.get("status_url"),
+            response_url=data.get("response_url"), cancel_url=data.get("cancel_url")))
+
+    # ------------------------------------------------------------------ wait
+    async def wait(self, submission: Submission, on_status: StatusCallback | None = None) -> Outcome:
+        sub = self.complete_urls(submission)
+        if self.client_timeout is None:
+            return await self._wait(sub, on_status)
+        try:
+            async with asyncio.timeout(self.client_timeout):
+                return await self._wait(sub, on_status)
+        except TimeoutError:
+            try:
+                await self.cancel(sub)
+            except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
+                log.debug(self._clean(f"cancel of {sub.request_id} after timeout failed: {exc}"))
+            raise RequestFailed(
+                f"{sub.endpoint}: timed out after {self.client_timeout:g}s; cancelled request {sub.request_id}",
+                request_id=sub.request_id) from None
+
+    async def _wait(self, sub: Submission, on_status: StatusCallback | None) -> Outcome:
+        progress = _Progress(on_status)
+        status: dict[str, Any] | None = None
+        if self.use_stream and not self._stream_slots.locked():
+            async with self._stream_slots:
+                status = await self._stream_until_completed(sub, progress)
+        if status is None:
+            status = await self._poll_until_completed(sub, progress)
+        return await self._result(sub, status, progress)
+
+    async def _stream_until_completed(self, sub: Submission, progress: _Progress) -> dict[str, Any] | None:
+        """The SSE status stream; None when it keeps failing (the caller polls instead)."""
+        for attempt in range(1, _STREAM_OPENS + 1):
+            retry_after = None
+            try:
+                final = await self._stream_once(sub, progress)
+                if final is not None:
+                    return final
+                reason = "stream closed before COMPLETED"
+            except _Retry as exc:
+                reason, retry_after = exc.reason, exc.retry_after
+            except _StreamUnusable as exc:
+                log.info(self._clean(f"fal stream for {sub.request_id} unusable ({exc}); polling"))
+                return None
+            except (httpx.TransportError, SSEError, ValueError) as exc:
+                reason = _describe(exc)
+            log.info(self._clean(f"fal stream for {sub.request_id}: {reason} (open {attempt}/{_STREAM_OPENS})"))
+            if attempt < _STREAM_OPENS:
+                await asyncio.sleep(self.retry.delay(attempt, retry_after))
+        return None
+
+    async def _stream_once(self, sub: Submission, progress: _Progress) -> dict[str, Any] | None:
+        url = f"{sub.status_url}/stream"
+        async with aconnect_sse(self._sse, "GET", url, params={"logs": "1"}, headers=self._key_headers()) as es:
+            response = es.response
+            if response.status_code != 200:
+                await response.aread()
+                if response.status_code in (401, 403):
+                    raise self._auth_error(response)
+                _raise_if_transient(response, "status")
+                raise _StreamUnusable(f"HTTP {response.status_code}")
+            async for event in es.aiter_sse():
+                if not event.data:
+                    continue
+                data = json.loads(event.data)
+                if progress.feed(data) == "COMPLETED":
+                    return data
+        return None
+
+    async def _poll_until_completed(self, sub: Submission, progress: _Progress) -> dict[str, Any]:
+        assert sub.status_url
+        while True:
+            response = await self._call("status", "GET", sub.status_url, params={"logs": "1"},
+                                        headers=self._key_headers())
+            code = response.status_code
+            if code in (401, 403):
+                raise self._auth_error(response)
+            if code == 404:
+                raise RequestFailed(f"{sub.endpoint}: request {sub.request_id} not found at fal "
+                                    "(wrong id, or its result expired)", request_id=sub.request_id, status_code=404)
+            if code not in (200, 202):
+                raise RequestFailed(self._clean(failure_message(sub.endpoint, response)),
+                                    request_id=sub.request_id, status_code=code)
+            try:
+                data = response.json()
+            except ValueError:
+                raise TransientError(f"{sub.endpoint}: unreadable status for {sub.request_id}") from None
+            if progress.feed(data) == "COMPLETED":
+                return data
+            await asyncio.sleep(self.poll_interval)
+
+    async def _result(self, sub: Submission, status: dict[str, Any], progress: _Progress) -> Outcome:
+        # Fetched even when the status carries `error`: the result holds the model's real answer.
+        assert sub.response_url
+        response = await self._call("result", "GET", sub.response_url, headers=self._key_headers())
+        code = response.status_code
+        if code in (401, 403):
+            raise self._auth_error(response)
+        if not response.is_success:
+            raise RequestFailed(self._clean(failure_message(sub.endpoint, response, status)),
+                                request_id=sub.request_id, status_code=code)
+        try:
+            output = response.json()
+            video_url = output["video"]["url"]
+        except (ValueError, KeyError, TypeError):
+            raise RequestFailed(f"{sub.endpoint}: result of {sub.request_id} has no video.url",
+                                request_id=sub.request_id, status_code=code) from None
+        seed = output.get("seed")
+        timings = progress.timings()
+        inference = (status.get("metrics") or {}).get("inference_time")
+        if isinstance(inference, int | float):
+            timings["inference_s"] = float(inference)
+        return Outcome(output=output, video_url=str(video_url),
+                       seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                       billed_units=None, timings=timings)
+
+    # ------------------------------------------------------------------ files
+    async def download(self, url: str, dest: Path) -> int:
+        """Stream `url` into `dest` in chunks; a broken transfer restarts the file from scratch."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+        async def once() -> int:
+            # No Authorization header: output media URLs are public, and the key must not leak to a CDN.
+            async with self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_if_transient(response, "download")
+                    raise RequestFailed(f"download of {url} failed: HTTP {response.status_code}",
+                                        status_code=response.status_code)
+                with dest.open("wb") as f:
+                    async for chunk in response.aiter_bytes(1 << 16):
+                        f.write(chunk)
+                expected = response.headers.get("content-length")
+                if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
+                    raise _Retry(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
+            return dest.stat().st_size
+
+        try:
+            async for attempt in self._retrying("download", _is_transient):
+                with attempt:
+                    size = await once()
+        except (_Retry, httpx.TransportError) as exc:
+            raise TransientError(f"download of {url} failed after {self.retry.attempts} attempts: "
+                                 f"{_describe(exc)}") from None
+        return size
+
+    async def upload(self, path: Path) -> str:
+        """Upload once per content hash; concurrent callers of the same content share one upload."""
+        digest = await asyncio.to_thread(_sha256_file, path)
+        lock = self._upload_locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if digest not in self._uploaded:
+                self._uploaded[digest] = await self._upload_file(path)
+            return self._uploaded[digest]
+
+    async def _upload_file(self, path: Path) -> str:
+        size = path.stat().st_size
+        if size > MAX_SINGLE_UPLOAD:
+            raise RequestFailed(f"{path.name}: {size} bytes is over fal's single-upload limit "
+                                f"({MAX_SINGLE_UPLOAD} bytes); multipart upload is not supported")
+        data = await asyncio.to_thread(path.read_bytes)  # ≤ 100 MiB, usually a frame image
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        for refresh in (False, True):
+            token_type, token = await self._storage_token(refresh=refresh)
+            headers = {"Authorization": f"{token_type} {token}", "Content-Type": content_type,
+                       "X-Fal-File-Name": path.name}
+            response = await self._call("upload", "POST", f"{self.cdn_url}/files/upload", content=data,
+                                        headers=headers)
+            if response.status_code not in (401, 403):
+                break  # else the cached token was revoked or expired early: fetch a new one once
+        if response.status_code in (401, 403):
+            raise AuthError(f"fal storage refused the upload token (HTTP {response.status_code}); {HOW_TO_SET}")
+        if not response.is_success:
+            raise RequestFailed(self._clean(f"upload of {path.name} failed: "
+                                            f"{failure_message('fal storage', response)}"),
+                                status_code=response.status_code)
+        try:
+            return str(response.json()["access_url"])
+        except (ValueError, KeyError, TypeError):
+            raise RequestFailed(f"upload of {path.name}: fal storage answered without access_url") from None
+
+    async def _storage_token(self, refresh: bool = False) -> tuple[str, str]:
+        """The CDN token, cached until shortly before its `expires_at`."""
+        async with self._token_lock:
+            if self._token and not refresh and self._token[2] > time.time() + 30:
+                return self._token[0], self._token[1]
+            response = await self._call("token", "POST", f"{self.rest_url}/storage/auth/token",
+                                        params={"storage_type": "fal-cdn-v3"}, json={},
+                                        headers=self._key_headers())
+            if response.status_code in (401, 403):
+                raise self._auth_error(response)
+            if not response.is_success:
+                raise RequestFailed(self._clean(f"storage token: {failure_message('fal', response)}"),
+                                    status_code=response.status_code)
+            data = response.json()
+            try:
+                expires = datetime.fromisoformat(str(data["expires_at"]).replace("Z", "+00:00")).timestamp()
+            except (KeyError, ValueError):
+                expires = time.time() + 600  # unknown expiry: reuse it briefly
+            self._token = (str(data.get("token_type") or "Bearer"), str(data["token"]), expires)
+            return self._token[0], self._token[1]
+
+    # ------------------------------------------------------------------ cancel
+    async def cancel(self, submission: Submission) -> None:
+        """PUT cancel; 2xx (requested), 400 (already completed) and 404 (unknown) are all fine."""
+        sub = self.complete_urls(submission)
+        assert sub.cancel_url
+        response = await self._call("cancel", "PUT", sub.cancel_url, headers=self._key_headers())
+        code = response.status_code
+        if response.is_success or code in (400, 404):
+            return
+        if code in (401, 403):
+            raise self._auth_error(response)
+        raise RequestFailed(self._clean(f"cancel of {sub.request_id}: {failure_message(sub.endpoint, response)}"),
+                            request_id=sub.request_id, status_code=code)
+
+
+class _StreamUnusable(Exception):
+    """The stream endpoint answered with a non-transient error: poll instead of re-opening."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _Retry | httpx.TransportError)
+
+
+def _raise_if_transient(response: httpx.Response, kind: str) -> None:
+    reason = _transient_reason(response, kind)
+    if reason:
+        raise _Retry(reason, response.status_code, parse_retry_after(response.headers.get("retry-after")))
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, _Retry) else (text or type(exc).__name__)

@@ -1,0 +1,698 @@
+"""The offline preview provider: a real MP4 animatic from a job, for free.
+
+It lets a whole batch run end to end (payloads, files, logs, plan) before anything is paid for:
+image-to-video jobs get their keyframe animated with the shot's camera move (and a crossfade to
+the end frame), text-to-video jobs get a title card. It publishes its own OpenAPI input schema
+so the runner validates preview payloads exactly like a hosted model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import json
+import queue
+import re
+import secrets
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from ..errors import InputError, RequestFailed
+from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
+
+PREVIEW_ENDPOINT = "aivp/preview"
+
+CAMERA_MOVES = ("push_in", "pull_out", "pan_left", "pan_right", "tilt_up", "tilt_down", "static")
+ASPECT_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9")
+RESOLUTIONS = ("360p", "480p", "720p", "1080p")
+
+_ZOOM = 1.15  # push/pull range, and the head-room pans and tilts travel through
+_FADE_FRACTION = 0.4  # the end frame crossfades in over the last 40% of the clip
+_AUDIO_RATE = 48_000
+_BT601 = 6  # AVCOL_SPC/PRI/TRC_SMPTE170M
+_MPEG_RANGE = 1  # AVCOL_RANGE_MPEG (limited)
+
+# ---------------------------------------------------------------------------------------------
+# Camera words
+# ---------------------------------------------------------------------------------------------
+
+# Checked against a lower-cased prompt; the earliest match in the text wins, because prompts
+# usually state the camera first and mention other movement ("she looks up") later.
+_CAMERA_PATTERNS: dict[str, tuple[str, ...]] = {
+    "push_in": (
+        r"\b(?:push(?:es|ing)?|dolly(?:ing)?|dollies|zoom(?:s|ing)?|track(?:s|ing)?|move(?:s)?|moving)"
+        r"[\s-]+(?:slowly[\s-]+)?in(?:to|ward|wards)?\b",
+        r"\bpush[\s-]?in\b",
+        r"\bdolly[\s-]+forward\b",
+        r"推进|推近|拉近|推(?![开动倒翻门])",
+    ),
+    "pull_out": (
+        r"\b(?:pull(?:s|ing)?|dolly(?:ing)?|dollies|zoom(?:s|ing)?|track(?:s|ing)?)[\s-]+"
+        r"(?:slowly[\s-]+)?(?:out|back|away)\b",
+        r"\bpull[\s-]?back\b",
+        r"拉远|后拉|拉出|远离",
+    ),
+    "pan_left": (
+        r"\b(?:pan(?:s|ning|ned)?|truck(?:s|ing)?)[\s-]+(?:slowly[\s-]+)?(?:to[\s-]+the[\s-]+)?left\b",
+        r"左摇|向左|左移",
+    ),
+    "pan_right": (
+        r"\b(?:pan(?:s|ning|ned)?|truck(?:s|ing)?)[\s-]+(?:slowly[\s-]+)?(?:to[\s-]+the[\s-]+)?right\b",
+        r"右摇|向右|右移",
+    ),
+    "tilt_up": (
+        r"\b(?:tilt(?:s|ing|ed)?|crane(?:s|ing)?|pedestal(?:s|ing)?)[\s-]+(?:slowly[\s-]+)?up(?:ward|wards)?\b",
+        r"上摇|仰",
+    ),
+    "tilt_down": (
+        r"\b(?:tilt(?:s|ing|ed)?|crane(?:s|ing)?|pedestal(?:s|ing)?)[\s-]+(?:slowly[\s-]+)?down(?:ward|wards)?\b",
+        r"下摇|俯",
+    ),
+    "static": (
+        r"\b(?:static|fixed|locked(?:[\s-]+off)?|stationary|still[\s-]+camera|tripod)\b",
+        r"固定|静止|不动|定镜",
+    ),
+}
+_COMPILED = {move: [re.compile(p) for p in pats] for move, pats in _CAMERA_PATTERNS.items()}
+_KLING_CAMERA_TAG = re.compile(r"\[\s*camera\s*[:：]([^\]]*)\]", re.IGNORECASE)
+
+
+def camera_move(prompt: str) -> str:
+    """The camera move a prompt asks for (one of CAMERA_MOVES); `static` when it names none."""
+    text = prompt.lower()
+    # A Kling `[Camera: …]` tag is explicit, so it outranks words in the prose.
+    for tag in _KLING_CAMERA_TAG.findall(text):
+        move = _earliest_move(tag)
+        if move:
+            return move
+    return _earliest_move(text) or "static"
+
+
+def _earliest_move(text: str) -> str | None:
+    best: tuple[int, str] | None = None
+    for move, patterns in _COMPILED.items():
+        for pattern in patterns:
+            match = pattern.search(text)
+            if match and (best is None or match.start() < best[0]):
+                best = (match.start(), move)
+    return best[1] if best else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes and the published schema
+# ---------------------------------------------------------------------------------------------
+
+
+def size_for(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) whose short side is the resolution's p number; both even (yuv420p)."""
+    match_res = re.fullmatch(r"(\d+)p", resolution.strip().lower())
+    match_ar = re.fullmatch(r"(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)", aspect_ratio.strip())
+    if not match_res or not match_ar or float(match_ar[1]) <= 0 or float(match_ar[2]) <= 0:
+        raise InputError(f"preview: unknown resolution/aspect ratio {resolution!r} {aspect_ratio!r}")
+    short = _even(int(match_res[1]))
+    a, b = float(match_ar[1]), float(match_ar[2])
+    if a >= b:
+        return _even(short * a / b), short
+    return short, _even(short * b / a)
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def _image_field(title: str) -> dict[str, Any]:
+    return {
+        "title": title,
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "default": None,
+        "description": "URL (or file:// URI) of the image.",
+        # Same limits block fal publishes on its image inputs, so the runner checks them alike.
+        "x-fal": {
+            "min_width": 64,
+            "min_height": 64,
+            "min_aspect_ratio": 0.2,
+            "max_aspect_ratio": 5.0,
+            "max_file_size": 52428800,
+        },
+    }
+
+
+def preview_openapi() -> dict[str, Any]:
+    """The preview endpoint's OpenAPI 3.0 document, shaped like the ones fal publishes."""
+    properties: dict[str, Any] = {
+        "prompt": {"title": "Prompt", "type": "string", "minLength": 1},
+        "image_url": _image_field("Start image"),
+        "end_image_url": _image_field("End image"),
+        "duration": {"title": "Duration (s)", "type": "integer", "minimum": 1, "maximum": 60},
+        "aspect_ratio": {
+            "title": "Aspect ratio",
+            "type": "string",
+            "enum": list(ASPECT_RATIOS),
+            "default": "16:9",
+        },
+        "resolution": {"title": "Resolution", "type": "string", "enum": list(RESOLUTIONS), "default": "720p"},
+        "fps": {"title": "Frames per second", "type": "integer", "minimum": 8, "maximum": 60, "default": 24},
+        "seed": {"title": "Seed", "anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+        "title": {"title": "Title", "type": "string", "default": ""},
+        "camera_move": {
+            "title": "Camera move",
+            "anyOf": [{"type": "string", "enum": list(CAMERA_MOVES)}, {"type": "null"}],
+            "default": None,
+            "description": "When null the move is read from the prompt.",
+        },
+    }
+    schema_ref = {"$ref": "#/components/schemas/PreviewInput"}
+    return {
+        "openapi": "3.0.4",
+        "info": {
+            "title": "aivp preview",
+            "version": "1.0.0",
+            "x-fal-metadata": {"endpointId": PREVIEW_ENDPOINT},
+        },
+        "components": {
+            "schemas": {
+                "PreviewInput": {
+                    "title": "PreviewInput",
+                    "type": "object",
+                    "properties": properties,
+                    "x-fal-order-properties": list(properties),
+                    "required": ["prompt", "duration"],
+                },
+                "PreviewOutput": {
+                    "title": "PreviewOutput",
+                    "type": "object",
+                    "properties": {
+                        "video": {"$ref": "#/components/schemas/File"},
+                        "seed": {"type": "integer"},
+                    },
+                    "required": ["video", "seed"],
+                },
+                "File": {
+                    "title": "File",
+                    "type": "object",
+                    "properties": {"url": {"type": "string"}, "content_type": {"type": "string"}},
+                    "required": ["url"],
+                },
+            }
+        },
+        "paths": {
+            f"/{PREVIEW_ENDPOINT}": {
+                "post": {
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": schema_ref}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The rendered preview.",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/PreviewOutput"}}
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """The render was cancelled between frames."""
+
+
+def render_preview(
+    dest: Path,
+    *,
+    width: int,
+    height: int,
+    fps: int,
+    duration_s: float,
+    seed: int,
+    prompt: str,
+    title: str,
+    start_image: Path | None = None,
+    end_image: Path | None = None,
+    camera: str = "static",
+) -> None:
+    """Write an H.264/AAC MP4 animatic of exactly round(duration_s*fps) frames to `dest`."""
+    _render(
+        dest,
+        width=width,
+        height=height,
+        fps=fps,
+        duration_s=duration_s,
+        seed=seed,
+        prompt=prompt,
+        title=title,
+        start_image=start_image,
+        end_image=end_image,
+        camera=camera,
+    )
+
+
+def _render(
+    dest: Path,
+    *,
+    width: int,
+    height: int,
+    fps: int,
+    duration_s: float,
+    seed: int,
+    prompt: str,
+    title: str,
+    start_image: Path | None,
+    end_image: Path | None,
+    camera: str,
+    stop: threading.Event | None = None,
+) -> None:
+    if width % 2 or height % 2 or width <= 0 or height <= 0:
+        raise ValueError(f"preview size must be positive and even (yuv420p), got {width}x{height}")
+    if camera not in CAMERA_MOVES:
+        raise ValueError(f"unknown camera move {camera!r}; expected one of {', '.join(CAMERA_MOVES)}")
+    n = max(1, round(duration_s * fps))
+    size = (width, height)
+    if start_image is not None:
+        frames = _animate_keyframe(_open_rgb(start_image), size, n, camera)
+    else:
+        frames = _title_card(size, n, fps, seed, prompt, title)
+    if end_image is not None:
+        frames = _crossfade_to(frames, ImageOps.fit(_open_rgb(end_image), size, Image.LANCZOS), n)
+    _encode(Path(dest), frames, size, fps, stop)
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)  # phone photos: honour the orientation tag
+        return img.convert("RGB")
+
+
+def _ease(t: float) -> float:
+    """Ease in and out, like an operator starting and landing a move."""
+    return t * t * (3 - 2 * t)
+
+
+def _progress(i: int, n: int) -> float:
+    return i / (n - 1) if n > 1 else 1.0
+
+
+def _camera_box(move: str, t: float, bw: float, bh: float) -> tuple[float, float, float, float]:
+    """Crop box (in the base image, which is the frame at zoom _ZOOM) for progress t in [0, 1]."""
+    e = _ease(t)
+    if move in ("push_in", "pull_out", "static"):
+        zoom = {"push_in": 1 + (_ZOOM - 1) * e, "pull_out": _ZOOM - (_ZOOM - 1) * e, "static": 1 + 0.01 * e}[
+            move
+        ]
+        w, h = bw / zoom, bh / zoom
+        x, y = (bw - w) / 2, (bh - h) / 2
+    else:
+        w, h = bw / _ZOOM, bh / _ZOOM
+        x, y = (bw - w) / 2, (bh - h) / 2
+        # Panning left shows what is left of the frame: the window travels right → left.
+        if move == "pan_left":
+            x = (bw - w) * (1 - e)
+        elif move == "pan_right":
+            x = (bw - w) * e
+        elif move == "tilt_up":
+            y = (bh - h) * (1 - e)
+        elif move == "tilt_down":
+            y = (bh - h) * e
+    return (x, y, x + w, y + h)
+
+
+def _animate_keyframe(image: Image.Image, size: tuple[int, int], n: int, move: str) -> Iterator[Image.Image]:
+    # Fit once at zoom-range resolution so every frame is a cheap crop-and-scale, not a full resize.
+    base_size = (round(size[0] * _ZOOM), round(size[1] * _ZOOM))
+    base = ImageOps.fit(image, base_size, Image.LANCZOS)
+    for i in range(n):
+        box = _camera_box(move, _progress(i, n), *base_size)
+        yield base.resize(size, Image.BILINEAR, box=box)
+
+
+def _crossfade_to(frames: Iterator[Image.Image], end: Image.Image, n: int) -> Iterator[Image.Image]:
+    start = 1 - _FADE_FRACTION
+    for i, frame in enumerate(frames):
+        alpha = min(1.0, max(0.0, (_progress(i, n) - start) / _FADE_FRACTION))
+        yield frame if alpha <= 0 else Image.blend(frame, end, alpha)
+
+
+# --- the text-to-video title card -----------------------------------------------------------
+
+# Optional CJK-capable fonts; PIL's built-in font has no CJK glyphs. Used only when present.
+_CJK_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/wqy-microhei/wqy-microhei.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "C:/Windows/Fonts/msyh.ttc",
+)
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+
+def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    if _CJK.search(text):
+        for candidate in _CJK_FONTS:
+            if Path(candidate).is_file():
+                return ImageFont.truetype(candidate, size)
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, font: Any, max_width: float, max_lines: int) -> list[str]:
+    """Greedy wrap on words, and on single characters for CJK (which has no spaces)."""
+    tokens = re.findall(r"\s+|[\u2e80-\u9fff\uff00-\uffef]|[^\s\u2e80-\u9fff\uff00-\uffef]+", text)
+    lines: list[str] = []
+    line = ""
+    for token in tokens:
+        candidate = line + token
+        if line and font.getlength(candidate.rstrip()) > max_width:
+            lines.append(line.rstrip())
+            line = token.lstrip()
+        else:
+            line = candidate
+    if line.strip():
+        lines.append(line.rstrip())
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1].rstrip(" .,;") + " …"
+    return lines
+
+
+def _card_background(size: tuple[int, int], seed: int) -> Image.Image:
+    """A dark, seed-coloured vertical gradient with seeded grain: the seed is visible."""
+    rng = np.random.default_rng(seed % 2**64)
+    hue = rng.random()
+    top = np.array(colorsys.hsv_to_rgb(hue, 0.55, 0.30)) * 255
+    bottom = np.array(colorsys.hsv_to_rgb((hue + 0.08) % 1, 0.65, 0.10)) * 255
+    w, h = size
+    ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    img = top * (1 - ramp) + bottom * ramp
+    img = np.broadcast_to(img, (h, w, 3)) + rng.normal(0.0, 4.0, (h, w, 1))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _static_card(size: tuple[int, int], seed: int, prompt: str, title: str) -> Image.Image:
+    w, h = size
+    card = _card_background(size, seed)
+    draw = ImageDraw.Draw(card)
+    short = min(w, h)
+    margin = round(w * 0.07)
+    # A small seeded offset, so two seeds differ in layout too, not only in colour.
+    dx = (seed % 7) - 3
+    title_font = _font(max(10, round(short * 0.14)), title)
+    draw.text((margin + dx, round(h * 0.10)), title or "preview", font=title_font, fill=(245, 245, 245))
+    body_size = max(8, round(short * 0.045))
+    body_font = _font(body_size, prompt)
+    top = round(h * 0.10) + round(short * 0.14) * 1.5
+    max_lines = max(1, int((h * 0.80 - top) // (body_size * 1.3)))
+    for k, line in enumerate(_wrap(prompt, body_font, w - 2 * margin, max_lines)):
+        draw.text((margin + dx, top + k * body_size * 1.3), line, font=body_font, fill=(205, 205, 205))
+    draw.text(
+        (margin, h - round(short * 0.07)),
+        f"PREVIEW  seed {seed}",
+        font=_font(max(8, round(short * 0.035))),
+        fill=(150, 150, 150),
+    )
+    return card
+
+
+def _title_card(
+    size: tuple[int, int], n: int, fps: int, seed: int, prompt: str, title: str
+) -> Iterator[Image.Image]:
+    # Text is drawn once; each frame only adds the progress bar and timecode (cheap to draw).
+    card = _static_card(size, seed, prompt, title)
+    w, h = size
+    short = min(w, h)
+    bar_y, bar_h = h - round(short * 0.12), max(2, round(short * 0.012))
+    margin = round(w * 0.07)
+    tc_font = _font(max(8, round(short * 0.035)))
+    total = n / fps
+    for i in range(n):
+        frame = card.copy()
+        draw = ImageDraw.Draw(frame)
+        draw.rectangle((margin, bar_y, w - margin, bar_y + bar_h), fill=(70, 70, 70))
+        done = margin + (w - 2 * margin) * _progress(i, n)
+        draw.rectangle((margin, bar_y, round(done), bar_y + bar_h), fill=(240, 200, 60))
+        timecode = f"{_timecode(i / fps, fps)} / {_timecode(total, fps)}  #{i + 1}/{n}"
+        draw.text(
+            (w - margin, h - round(short * 0.07)), timecode, font=tc_font, fill=(220, 220, 220), anchor="ra"
+        )
+        yield frame
+
+
+def _timecode(seconds: float, fps: int) -> str:
+    whole = int(seconds)
+    frame = round((seconds - whole) * fps)
+    return f"{whole // 60:02d}:{whole % 60:02d}:{frame:02d}"
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _encode(
+    dest: Path, frames: Iterator[Image.Image], size: tuple[int, int], fps: int, stop: threading.Event | None
+) -> None:
+    """Mux H.264 video and a silent AAC track of the same length into `dest` (an MP4)."""
+    # format= is explicit: the caller writes to a `.part` name, which says nothing about the format.
+    with av.open(str(dest), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
+        video = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
+        # swscale converts RGB with BT.601 limited-range matrices; say so, or HD players assume BT.709.
+        cc = video.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = _BT601, _BT601, _BT601, _MPEG_RANGE
+        audio = out.add_stream("aac", rate=_AUDIO_RATE, layout="mono")
+        video_tb, audio_tb = Fraction(1, fps), Fraction(1, _AUDIO_RATE)
+        samples_done = 0
+        for i, frame in enumerate(_prefetch(_to_yuv(frames))):
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            frame.pts, frame.time_base = i, video_tb
+            out.mux(video.encode(frame))
+            # Audio follows the video frame by frame so the two tracks end together.
+            target = round((i + 1) * _AUDIO_RATE / fps)
+            out.mux(audio.encode(_silence(samples_done, target - samples_done, audio_tb)))
+            samples_done = target
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+
+
+def _to_yuv(images: Iterator[Image.Image]) -> Iterator[av.VideoFrame]:
+    for image in images:
+        yield av.VideoFrame.from_image(image).reformat(format="yuv420p")
+
+
+_T = TypeVar("_T")
+
+
+def _prefetch(items: Iterator[_T], depth: int = 8) -> Iterator[_T]:
+    """Produce `items` in a helper thread while the caller consumes them.
+
+    Drawing/scaling (Pillow) and colour conversion (swscale) release the GIL, so frames are made
+    on one core while x264 encodes on the other: this roughly halves a render on 2 cores.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
+    quit_ = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not quit_.is_set():
+            try:
+                box.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put("error", exc)
+
+    worker = threading.Thread(target=work, name="preview-frames", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        quit_.set()  # a consumer that stops early (error, cancel) must not strand the producer
+        worker.join()
+
+
+def _silence(pts: int, samples: int, time_base: Fraction) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.float32), format="fltp", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = _AUDIO_RATE, pts, time_base
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# The provider
+# ---------------------------------------------------------------------------------------------
+
+
+def _local_path(value: str | Path) -> Path:
+    """A payload image field (file:// URI or plain path) as a local path."""
+    text = str(value)
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise RequestFailed(f"preview provider reads local files only, got a {parsed.scheme}: URL")
+    return Path(text)
+
+
+class PreviewProvider(Provider):
+    """Renders previews locally in worker threads; no key, no network, no cost."""
+
+    name = "preview"
+    needs_key = False
+
+    def __init__(self, work_dir: Path, latency_s: float = 0.0) -> None:
+        self.work_dir = Path(work_dir)
+        self.latency_s = latency_s
+        self._tasks: dict[str, asyncio.Task[int]] = {}
+        self._stops: dict[str, threading.Event] = {}
+
+    async def upload(self, path: Path) -> str:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        return path.resolve().as_uri()
+
+    async def submit(self, endpoint: str, payload: dict[str, Any]) -> Submission:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        request_id = uuid.uuid4().hex
+        settings = self._settings(payload)
+        stop = threading.Event()
+        self._stops[request_id] = stop
+        self._tasks[request_id] = asyncio.create_task(self._run(request_id, settings, stop))
+        return Submission(
+            request_id=request_id, endpoint=endpoint, response_url=self._output(request_id).as_uri()
+        )
+
+    async def wait(self, submission: Submission, on_status: StatusCallback | None = None) -> Outcome:
+        emit: Callable[[StatusUpdate], None] = on_status or (lambda _update: None)
+        rid = submission.request_id
+        task = self._tasks.get(rid)
+        emit(StatusUpdate("IN_PROGRESS", logs=(f"rendering preview {rid}",)))
+        if task is None:
+            seed = self._resume(rid)
+        else:
+            # asyncio.wait, not `await task`: a cancelled render must not look like our own cancellation.
+            await asyncio.wait({task})
+            if task.cancelled():
+                raise RequestFailed(f"preview {rid} was cancelled", request_id=rid)
+            if (exc := task.exception()) is not None:
+                raise RequestFailed(f"preview render failed: {_one_line(exc)}", request_id=rid) from exc
+            seed = task.result()
+        emit(StatusUpdate("COMPLETED"))
+        url = self._output(rid).as_uri()
+        return Outcome(
+            output={"video": {"url": url, "content_type": "video/mp4"}, "seed": seed},
+            video_url=url,
+            seed=seed,
+        )
+
+    async def download(self, url: str, dest: Path) -> int:
+        source = _local_path(url)
+        if not source.is_file():
+            raise RequestFailed(f"preview output {source.name} is missing")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(shutil.copyfile, source, dest)
+        return dest.stat().st_size
+
+    async def cancel(self, submission: Submission) -> None:
+        task = self._tasks.get(submission.request_id)
+        if task is not None and not task.done():
+            self._stops[submission.request_id].set()  # the worker thread stops at the next frame
+            task.cancel()
+
+    async def aclose(self) -> None:
+        for stop in self._stops.values():
+            stop.set()
+
+    # --- internals ---
+
+    def _output(self, request_id: str) -> Path:
+        return self.work_dir / f"{request_id}.mp4"
+
+    @staticmethod
+    def _settings(payload: dict[str, Any]) -> dict[str, Any]:
+        prompt = str(payload.get("prompt") or "")
+        width, height = size_for(
+            str(payload.get("resolution") or "720p"), str(payload.get("aspect_ratio") or "16:9")
+        )
+        seed = payload.get("seed")
+        image, end = payload.get("image_url"), payload.get("end_image_url")
+        return {
+            "width": width,
+            "height": height,
+            "fps": int(payload.get("fps") or 24),
+            "duration_s": float(payload.get("duration") or 5),
+            # Like hosted models: no seed asked → pick one and report it, so the take can be redone.
+            "seed": int(seed) if seed is not None else secrets.randbelow(2**31),
+            "prompt": prompt,
+            "title": str(payload.get("title") or ""),
+            "start_image": _local_path(image) if image else None,
+            "end_image": _local_path(end) if end else None,
+            "camera": payload.get("camera_move") or camera_move(prompt),
+        }
+
+    async def _run(self, request_id: str, settings: dict[str, Any], stop: threading.Event) -> int:
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)  # lets tests and demos see a queue
+        await asyncio.to_thread(_render_job, self._output(request_id), stop, settings)
+        return settings["seed"]
+
+    def _resume(self, request_id: str) -> int | None:
+        final = self._output(request_id)
+        if not final.is_file():
+            raise RequestFailed(
+                f"preview {request_id} is unknown to this renderer; submit it again", request_id=request_id
+            )
+        sidecar = final.with_suffix(".json")
+        try:
+            return int(json.loads(sidecar.read_text(encoding="utf-8"))["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _render_job(final: Path, stop: threading.Event, settings: dict[str, Any]) -> None:
+    """Render into `<final>.part` and rename; runs in the worker thread, so it cleans up after
+    itself even when the awaiting task was cancelled long before the thread noticed."""
+    part = final.with_name(final.name + ".part")
+    try:
+        _render(part, stop=stop, **settings)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(final)
+    # A sidecar lets a restarted provider answer `wait` for a finished request (crash resume).
+    final.with_suffix(".json").write_text(json.dumps({"seed": settings["seed"]}), encoding="utf-8")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())

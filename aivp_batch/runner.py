@@ -1,0 +1,266 @@
+"""Run validated jobs on a provider: reuse finished work, reserve budget, upload, submit once,
+journal the request id, wait, download, verify, record.
+
+The runner knows jobs, the journal, logs and the ledger; the provider knows only its protocol.
+Journal states per job identity (see records.py): a `done` job is reused (zero requests), a
+`submitted` one is re-attached to its request id, a `failed` one is submitted again, and an
+`unknown` one (a submit whose answer was lost) is never resubmitted without `resubmit_unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .budget import Ledger
+from .errors import AivpError, MediaError, ProviderError, RequestFailed, TransientError
+from .media import sha256_file, verify_clip
+from .planning import Job
+from .providers.base import Outcome, Provider, StatusUpdate, Submission
+from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, now_iso, relpath
+
+DURATION_TOLERANCE_S = 0.6
+
+
+@dataclass
+class RunContext:
+    output_dir: Path  # <project>/video: clips/, log/, plan.md, costs.jsonl
+    project_dir: Path | None
+    run_dir: Path
+    run_id: str
+    tier: str
+    journal: Journal
+    ledger: Ledger
+    board: PlanBoard
+    max_in_flight: int = 2
+    schema_sha: Mapping[str, str] = field(default_factory=dict)
+    resubmit_unknown: bool = False
+    on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
+    stop_submitting: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def clips_dir(self) -> Path:
+        return self.output_dir / "clips"
+
+
+@dataclass
+class JobResult:
+    key: str
+    status: str  # done | failed | pending
+    error: str | None = None
+    cost_usd: float = 0.0
+    reused: bool = False
+    request_id: str | None = None
+
+
+class _JobRun:
+    """The life of one job in one run; owns its shot log."""
+
+    def __init__(self, job: Job, ctx: RunContext, provider: Provider) -> None:
+        self.job, self.ctx, self.provider = job, ctx, provider
+        self.log: dict[str, Any] = initial_log(job, ctx)
+        self.t0 = time.monotonic()
+
+    # -- records -------------------------------------------------------------------------------
+    def record(self, status: str, **fields: Any) -> None:
+        self.log.update(fields, status=status, timestamp=now_iso())
+        for shot in self.job.shots:
+            self.ctx.board.update(shot.id, {**self.log, "id": shot.id})
+        if self.ctx.on_event:
+            self.ctx.on_event(self.job.key, status, self.log)
+
+    def status_update(self, update: StatusUpdate) -> None:
+        if self.ctx.on_event:
+            info = {"queue_position": update.queue_position, "state": update.state,
+                    "logs": list(update.logs[-1:]), "elapsed_s": round(time.monotonic() - self.t0, 1)}
+            self.ctx.on_event(self.job.key, "progress", info)
+
+    def fail(self, message: str, **fields: Any) -> JobResult:
+        self.record("failed", error=message, **fields)
+        return JobResult(self.job.key, "failed", error=message, request_id=self.log.get("request_id"))
+
+    # -- the job -------------------------------------------------------------------------------
+    async def run(self, slots: asyncio.Semaphore) -> JobResult:
+        record = self.ctx.journal.get(self.job.identity) or {}
+        if record.get("status") == DONE and self._reusable(record):
+            return self._reuse(record)
+        async with slots:
+            if record.get("status") == SUBMITTED and record.get("submission"):
+                return await self._attach(record)
+            if record.get("status") == UNKNOWN and not self.ctx.resubmit_unknown:
+                return self.fail("a previous submit's answer was lost, so it may have been accepted and billed; "
+                                 "not resubmitting (rerun with resubmit_unknown=true to submit again)")
+            if self.ctx.stop_submitting.is_set():
+                self.record("pending", error="not submitted: run interrupted")
+                return JobResult(self.job.key, "pending", error="interrupted")
+            return await self._submit(record)
+
+    def _reusable(self, record: Mapping[str, Any]) -> bool:
+        clip = self.ctx.journal.clip_path(self.job.identity)
+        return clip.exists() and record.get("clip", {}).get("sha256") == sha256_file(clip)
+
+    def _reuse(self, record: Mapping[str, Any]) -> JobResult:
+        self._place_clip()
+        self.record("done", **_done_fields(record), reused=True)
+        return JobResult(self.job.key, "done", reused=True, request_id=record.get("request_id"))
+
+    async def _submit(self, record: Mapping[str, Any]) -> JobResult:
+        job, ledger = self.job, self.ctx.ledger
+        if not await ledger.reserve(job.key, job.identity, job.estimate_usd):
+            return self.fail(f"not submitted: ${job.estimate_usd:.2f} would pass budget_usd="
+                             f"{ledger.budget_usd} (already committed ${ledger.committed_usd:.2f})")
+        attempts = int(record.get("attempts", 0)) + 1
+        try:
+            payload = await self._upload_files()
+        except AivpError as exc:
+            await ledger.release(job.key, job.identity, "upload failed")
+            return self.fail(f"upload failed: {exc}")
+        base = {"endpoint": job.endpoint, "provider": job.provider, "attempts": attempts, "payload": payload}
+        self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "submitting_since": now_iso()})
+        try:
+            submission = await self.provider.submit(job.endpoint, payload)
+        except TransientError as exc:  # it may have reached the provider: never resubmit blindly
+            self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "error": str(exc)})
+            return self.fail(f"submit outcome unknown: {exc}", attempts=attempts)
+        except ProviderError as exc:
+            self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
+            await ledger.release(job.key, job.identity, "submit refused")
+            return self.fail(str(exc), attempts=attempts)
+        journal = self.ctx.journal.put(job.identity, {**base, "status": SUBMITTED, "submission": submission.to_dict(),
+                                                      "request_id": submission.request_id,
+                                                      "submitted_at": now_iso()})
+        self.record("queued", request_id=submission.request_id, payload=payload, attempts=attempts,
+                    timings={"submitted_at": journal["submitted_at"]})
+        return await self._wait(submission, journal)
+
+    async def _attach(self, record: Mapping[str, Any]) -> JobResult:
+        submission = self.provider.attach(record["submission"])
+        # The request was accepted in an earlier run; count it against this run's budget too.
+        await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
+        self.record("queued", request_id=submission.request_id, payload=record.get("payload"),
+                    attempts=record.get("attempts", 1), reattached=True)
+        return await self._wait(submission, dict(record))
+
+    async def _wait(self, submission: Submission, record: dict[str, Any]) -> JobResult:
+        job, ledger = self.job, self.ctx.ledger
+        try:
+            outcome = await self._wait_or_cancel(submission)
+        except RequestFailed as exc:
+            self.ctx.journal.put(job.identity, {**record, "status": FAILED, "error": str(exc)})
+            await ledger.release(job.key, job.identity, "generation failed (not billed)")
+            return self.fail(str(exc))
+        except (ProviderError, asyncio.TimeoutError) as exc:
+            # Still accepted at the provider: keep `submitted` so the next run re-attaches.
+            return self.fail(f"lost contact with request {submission.request_id}: {exc}; rerun to re-attach")
+        try:
+            clip = await self._download(outcome)
+        except (MediaError, ProviderError, OSError) as exc:
+            self.ctx.journal.put(job.identity, {**record, "output": outcome.output})
+            return self.fail(f"download failed: {exc}; rerun to fetch it again")
+        done = self.ctx.journal.put(job.identity, {
+            **record, "status": DONE, "output": outcome.output, "video_url": outcome.video_url,
+            "seed_returned": outcome.seed, "clip": clip, "cost_usd": job.estimate_usd,
+            "cost_source": "billed" if outcome.billed_units is not None else "estimate",
+            "completed_at": now_iso(), "request_id": submission.request_id})
+        await ledger.settle(job.key, job.identity, job.estimate_usd, done["cost_source"])
+        self._place_clip()
+        self.record("done", **_done_fields(done), timings={**self.log.get("timings", {}), **outcome.timings,
+                                                            "elapsed_s": round(time.monotonic() - self.t0, 2)})
+        return JobResult(job.key, "done", cost_usd=job.estimate_usd, request_id=submission.request_id)
+
+    async def _wait_or_cancel(self, submission: Submission) -> Outcome:
+        waiter = asyncio.ensure_future(self.provider.wait(submission, self.status_update))
+        cancel = asyncio.ensure_future(self.ctx.cancel_inflight.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                return waiter.result()
+            waiter.cancel()
+            await self.provider.cancel(submission)
+            raise RequestFailed(f"cancelled by user; request {submission.request_id}",
+                                request_id=submission.request_id)
+        finally:
+            cancel.cancel()
+
+    async def _upload_files(self) -> dict[str, Any]:
+        uris = {path.as_uri(): await self.provider.upload(path) for path in self.job.files.values()}
+        return _replace(self.job.payload, uris)
+
+    async def _download(self, outcome: Outcome) -> dict[str, Any]:
+        dest = self.ctx.journal.clip_path(self.job.identity)
+        part = dest.with_name(dest.name + ".part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        size = await self.provider.download(outcome.video_url, part)
+        info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
+        os.replace(part, dest)
+        return {"bytes": size, "sha256": await asyncio.to_thread(sha256_file, dest),
+                "duration_s": round(info.duration_s, 3), "frames": info.frames, "width": info.width,
+                "height": info.height, "fps": info.fps, "has_audio": info.has_audio}
+
+    def _place_clip(self) -> None:
+        src = self.ctx.journal.clip_path(self.job.identity)
+        for shot in self.job.shots:
+            dest = self.ctx.clips_dir / f"{shot.id}.mp4"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            shutil.copyfile(src, part)
+            os.replace(part, dest)
+
+
+def _replace(value: Any, table: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return table.get(value, value)
+    if isinstance(value, list):
+        return [_replace(v, table) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace(v, table) for k, v in value.items()}
+    return value
+
+
+def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {"request_id": record.get("request_id"), "video_url": record.get("video_url"),
+            "seed_returned": record.get("seed_returned"), "cost_usd": record.get("cost_usd"),
+            "cost_source": record.get("cost_source", "estimate"), "clip": record.get("clip"),
+            "payload": record.get("payload"), "attempts": record.get("attempts"), "error": None}
+
+
+def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """The spec's log fields, plus everything needed to redo the render."""
+    shot = job.shots[0]
+    root = ctx.project_dir
+    return {
+        "id": shot.id, "type": "clip", "file": relpath(ctx.clips_dir / f"{shot.id}.mp4", root),
+        "model": job.endpoint, "mode": job.mode, "status": "pending", "request_id": None,
+        "prompt": job.prompt, "seed": job.seed, "duration": str(job.duration_s),
+        "aspect_ratio": shot.aspect_ratio or job.payload.get("aspect_ratio"),
+        "input_image": relpath(shot.start_frame, root) if job.mode in ("I2V", "FLF") else None,
+        "end_image": relpath(shot.end_frame, root) if job.mode == "FLF" else None,
+        "character_refs": [relpath(p, root) for p in shot.character_refs],
+        "video_url": None, "cost_usd": job.estimate_usd, "timestamp": now_iso(),
+        "provider": job.provider, "endpoint": job.endpoint, "model_config": job.model, "tier": ctx.tier,
+        "shots": [s.id for s in job.shots], "identity": job.identity,
+        "payload": job.payload, "payload_files": {k: {"path": relpath(p, root), "sha256": job.file_hashes.get(k)}
+                                                  for k, p in job.files.items()},
+        "schema_sha256": ctx.schema_sha.get(job.endpoint), "requested_seed": job.seed,
+        "seed_random": job.seed_random, "seed_returned": None, "prompt_variant": job.prompt_variant,
+        "requested_duration_s": job.requested_duration_s, "duration_note": job.duration_note,
+        "estimate_usd": job.estimate_usd, "cost_source": "estimate", "attempts": 0, "timings": {},
+        "run_dir": str(ctx.run_dir), "run_id": ctx.run_id, "error": None,
+    }
+
+
+async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list[JobResult]:
+    """Run every job with at most `max_in_flight` in flight; per-job failures are results, not raises."""
+    runs = [_JobRun(job, ctx, provider) for job in jobs]
+    for run in runs:
+        if (ctx.journal.get(run.job.identity) or {}).get("status") != DONE:
+            run.record("pending")
+    slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
+    return list(await asyncio.gather(*(run.run(slots) for run in runs)))

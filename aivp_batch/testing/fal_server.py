@@ -1,0 +1,963 @@
+"""A fake fal.ai server on loopback that speaks the real queue protocol.
+
+It follows the checklist of `shared/reference/fal-queue-protocol.md` (section 13): queue submit /
+status / SSE status stream / result / cancel, CDN storage token + upload, the per-model OpenAPI
+endpoint and `/v1/models` search, and downloadable MP4 outputs that really decode. One server
+answers every host (queue, rest, cdn, schema, api); the client takes each base URL from config.
+
+Threads, not asyncio: `ThreadingHTTPServer` gives each connection its own daemon thread, so 60+
+open SSE streams are just 60 sleeping threads, and a test's asyncio loop never shares a loop
+with the server. Faults are scripted, deterministic and counted (`FaultPlan`).
+
+    python -m aivp_batch.testing.fal_server --port 8765 --schemas DIR --latency 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import mimetypes
+import random
+import re
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CALL_KINDS = ("submit", "status", "stream", "result", "cancel", "upload", "token", "download", "schema")
+FAULT_KINDS = frozenset(
+    {"429", "ingress_502", "ingress_503", "ingress_504", "reset", "reset_before", "reset_after",
+     "truncate", "slow", "fail_generation", "timeout_504"}
+)
+# Namespaces whose app id has three segments (fal's AppId.from_endpoint_id).
+_THREE_SEGMENT_NAMESPACES = ("workflows", "comfy")
+_NGINX_HTML = (
+    "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+_CHUNK = 64 * 1024
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour.
+
+    kind: `429` (with `Retry-After` when `retry_after` is set), `ingress_502|503|504` (nginx HTML,
+    no `x-fal-request-id`), `reset` / `reset_before` / `reset_after` (RST without a response;
+    before or after the action took effect; plain `reset` on submit means `reset_after`, the
+    dangerous lost-response case), `truncate` (download: half the body then RST; stream: first
+    event then a clean close), `slow` (sleep `seconds` then answer normally), `fail_generation`
+    (submit only: the job ends COMPLETED with `error`, the result is `status_code` with `message`),
+    `timeout_504` (504 + `X-Fal-Request-Timeout-Type: user`; on submit the job ends that way).
+    on: which call kind it hits (see CALL_KINDS). Fires on matching calls number `after+1 …`,
+    only every `every`-th of them if set, at most `times` times (None = forever). `match` is a
+    substring the request path (or, for submit, the raw body) must contain.
+    """
+
+    kind: str
+    on: str = "submit"
+    times: int | None = 1
+    every: int | None = None
+    after: int = 0
+    retry_after: float | str | None = None
+    seconds: float = 1.0
+    match: str | None = None
+    status_code: int = 422
+    message: str = "The content was flagged by a content checker."
+    error_type: str = "content_policy_violation"
+    seen: int = field(default=0, init=False)
+    fired: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.kind in ("502", "503", "504"):
+            self.kind = f"ingress_{self.kind}"
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
+        if self.on not in CALL_KINDS:
+            raise ValueError(f"unknown fault target {self.on!r}; one of {CALL_KINDS}")
+
+
+class FaultPlan:
+    """An ordered, thread-safe list of `Fault` rules; the first rule that fires wins."""
+
+    def __init__(self, faults: Iterable[Fault] = ()) -> None:
+        self._faults = list(faults)
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def faults(self) -> list[Fault]:
+        return list(self._faults)
+
+    def take(self, on: str, subject: str = "") -> Fault | None:
+        with self._lock:
+            for f in self._faults:
+                if f.on != on or (f.match is not None and f.match not in subject):
+                    continue
+                if f.times is not None and f.fired >= f.times:
+                    continue
+                f.seen += 1
+                n = f.seen - f.after
+                if n <= 0 or (f.every and n % f.every):
+                    continue
+                f.fired += 1
+                return f
+        return None
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class _Event:
+    at: float  # time.monotonic()
+    status: str
+    queue_position: int | None = None
+    logs: tuple[dict[str, str], ...] = ()
+
+
+@dataclass
+class Job:
+    """One queued request. Its lifecycle is a precomputed timeline of events (time-based)."""
+
+    id: str
+    app: str
+    endpoint: str
+    payload: Any
+    headers: dict[str, str]
+    seed: int
+    timeline: list[_Event]
+    failure: tuple[int, dict[str, Any], dict[str, str]] | None = None  # status, body, headers
+    error: tuple[str, str] | None = None  # (error, error_type) shown at status when COMPLETED
+    cancelled: bool = False
+    result_calls: int = 0
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def index_at(self, now: float) -> int:
+        idx = 0
+        for i, ev in enumerate(self.timeline):
+            if ev.at <= now:
+                idx = i
+        return idx
+
+    def next_at(self, idx: int) -> float | None:
+        return self.timeline[idx + 1].at if idx + 1 < len(self.timeline) else None
+
+    def completed(self, now: float) -> bool:
+        return self.timeline[self.index_at(now)].status == "COMPLETED"
+
+    def logs_between(self, start: int, end: int) -> list[dict[str, str]]:
+        return [log for ev in self.timeline[start : end + 1] for log in ev.logs]
+
+    def status_body(self, idx: int, base: str, logs: list[dict[str, str]] | None) -> dict[str, Any]:
+        ev = self.timeline[idx]
+        app_url = f"{base}/{self.app}/requests/{self.id}"
+        body: dict[str, Any] = {
+            "status": ev.status,
+            "request_id": self.id,
+            "response_url": app_url,
+            "status_url": f"{app_url}/status",
+            "cancel_url": f"{app_url}/cancel",
+            "logs": logs,  # always present (null when not asked): fal_client reads data["logs"]
+        }
+        if ev.status == "IN_QUEUE":
+            body["queue_position"] = ev.queue_position
+        if ev.status == "COMPLETED":
+            body["metrics"] = {"inference_time": round(ev.at - self.timeline[0].at, 3)}
+            if self.error:
+                body["error"], body["error_type"] = self.error
+        return body
+
+
+def _log(message: str, at: float, level: str = "INFO") -> dict[str, str]:
+    wall = datetime.now(UTC) + timedelta(seconds=at - time.monotonic())
+    return {"message": message, "level": level, "source": "USER", "timestamp": wall.isoformat()}
+
+
+def app_id(endpoint: str) -> str:
+    parts = endpoint.strip("/").split("/")
+    n = 3 if parts[0] in _THREE_SEGMENT_NAMESPACES else 2
+    return "/".join(parts[:n])
+
+
+def payload_hash(payload: Any) -> str:
+    """sha256 of canonical JSON: the key of `FalStats.submits_by_payload`."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_duration(value: Any, default: float = 5.0) -> float:
+    """Payload durations come as 5, 5.0, "5" or "8s"; clamp to a sane range."""
+    seconds = default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*s?\s*", value)
+        if m:
+            seconds = float(m.group(1))
+    return min(max(seconds, 0.5), 60.0)
+
+
+# --------------------------------------------------------------------------- media
+
+
+def make_mp4(path: Path, duration_s: float, size: int = 64, fps: int = 24) -> None:
+    """A small but real H.264 + silent AAC MP4 of `duration_s` seconds."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        video.options = {"preset": "ultrafast"}
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "stereo"
+        ramp = np.linspace(0, 255, size, dtype=np.uint8)
+        for i in range(max(1, round(duration_s * fps))):
+            img = np.stack([np.tile(ramp, (size, 1)), np.full((size, size), (i * 7) % 256, np.uint8),
+                            np.tile(ramp[:, None], (1, size))], axis=-1)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        frame_size = audio.codec_context.frame_size or 1024
+        total = round(duration_s * 48000)
+        for start in range(0, total, frame_size):
+            n = min(frame_size, total - start)
+            aframe = av.AudioFrame.from_ndarray(np.zeros((2, n), np.float32), format="fltp", layout="stereo")
+            aframe.sample_rate = 48000
+            aframe.pts = start
+            out.mux(audio.encode(aframe))
+        out.mux(audio.encode(None))
+
+
+def pad_mp4(src: Path, dest: Path, target_bytes: int) -> None:
+    """Copy `src` and append a top-level `free` box so the file reaches `target_bytes`.
+
+    Players skip `free` boxes, so the padded file still decodes identically.
+    """
+    shutil.copyfile(src, dest)
+    pad = target_bytes - src.stat().st_size
+    if pad < 16:
+        return
+    with dest.open("ab") as f:
+        if pad < 2**32:
+            f.write(struct.pack(">I4s", pad, b"free"))
+            left = pad - 8
+        else:  # 64-bit "largesize" box header
+            f.write(struct.pack(">I4sQ", 1, b"free", pad))
+            left = pad - 16
+        zeros = bytes(_CHUNK)
+        while left > 0:
+            f.write(zeros[: min(left, _CHUNK)])
+            left -= _CHUNK
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclass
+class FalStats:
+    """What the server saw. Mutated under FakeFal's lock; read it after the client is done."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    submits_by_payload: Counter[str] = field(default_factory=Counter)
+    uploads_by_hash: Counter[str] = field(default_factory=Counter)
+    faults_fired: Counter[str] = field(default_factory=Counter)  # "<on>:<kind>"
+    open_streams: int = 0
+    max_open_streams: int = 0
+
+    @property
+    def duplicate_submits(self) -> int:
+        return sum(n - 1 for n in self.submits_by_payload.values() if n > 1)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeFal:
+    """A fal look-alike on `host:port` (port 0 = any free port). Use as a context manager."""
+
+    def __init__(
+        self,
+        schemas_dir: Path | None = None,
+        key: str = "test-key",
+        latency_s: float = 0.2,
+        video: Path | None = None,
+        faults: FaultPlan | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        queue_fraction: float = 0.25,
+        queue_depth: int = 2,
+        keepalive_s: float = 15.0,
+        video_size_bytes: int | None = None,
+        token_ttl_s: float = 3600.0,
+        verbose: bool = False,
+    ) -> None:
+        self.schemas_dir = Path(schemas_dir) if schemas_dir else None
+        self.key = key
+        self.latency_s = latency_s
+        self.video = Path(video) if video else None
+        self.faults = faults if faults is not None else FaultPlan()
+        self.queue_fraction = queue_fraction
+        self.queue_depth = queue_depth
+        self.keepalive_s = keepalive_s
+        self.video_size_bytes = video_size_bytes
+        self.token_ttl_s = token_ttl_s
+        self.verbose = verbose
+        self.stats = FalStats()
+        self.jobs: dict[str, Job] = {}
+        self._host, self._port = host, port
+        self._lock = threading.Lock()
+        self._media_lock = threading.Lock()
+        self._tokens: dict[str, float] = {}
+        self._videos: dict[tuple[float, int | None], Path] = {}
+        self._catalog: list[dict[str, Any]] | None = None
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: Path | None = None
+
+    # lifecycle -------------------------------------------------------------
+    def start(self) -> FakeFal:
+        self._tmp = Path(tempfile.mkdtemp(prefix="fakefal-"))
+        (self._tmp / "up").mkdir()
+        self._httpd = _Server((self._host, self._port), _Handler)
+        self._httpd.fal = self
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="FakeFal", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            for job in self.jobs.values():
+                job.wake.set()  # let SSE threads finish
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> FakeFal:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd, "FakeFal is not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # state ----------------------------------------------------------------
+    def count(self, kind: str) -> None:
+        with self._lock:
+            self.stats.calls[kind] += 1
+
+    def fault(self, on: str, subject: str) -> Fault | None:
+        f = self.faults.take(on, subject)
+        if f:
+            with self._lock:
+                self.stats.faults_fired[f"{on}:{f.kind}"] += 1
+        return f
+
+    def create_job(self, endpoint: str, payload: Any, headers: dict[str, str], fault: Fault | None) -> Job:
+        now = time.monotonic()
+        queue_s = self.latency_s * self.queue_fraction
+        run_end = now + self.latency_s
+        timeline = [_Event(now + queue_s * i / (self.queue_depth + 1), "IN_QUEUE", self.queue_depth - i)
+                    for i in range(self.queue_depth + 1)]
+        job = Job(id=str(uuid.uuid4()), app=app_id(endpoint), endpoint=endpoint, payload=payload,
+                  headers=headers, seed=_seed_of(payload), timeline=timeline)
+        if fault and fault.kind == "timeout_504":  # never got a runner: stays queued, then 504
+            job.error = ("Request timed out", "startup_timeout")
+            job.failure = (504, {"detail": "Request timed out", "error_type": "startup_timeout"},
+                           {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "startup_timeout"})
+            timeline.append(_Event(run_end, "COMPLETED", logs=(_log("Request timed out", run_end, "ERROR"),)))
+            return self._register(job, payload)
+        start = now + queue_s
+        mid = start + (run_end - start) / 2
+        timeline.append(_Event(start, "IN_PROGRESS", logs=(_log("Starting generation", start),)))
+        timeline.append(_Event(mid, "IN_PROGRESS", logs=(_log("Generating: 50%", mid),)))
+        if fault and fault.kind == "fail_generation":
+            job.error = (fault.message, fault.error_type)
+            if fault.status_code == 422:
+                body: dict[str, Any] = {"detail": [{"loc": ["body", "prompt"], "msg": fault.message,
+                                                    "type": fault.error_type}]}
+            else:
+                body = {"detail": fault.message, "error_type": fault.error_type}
+            job.failure = (fault.status_code, body, {"X-Fal-Error-Type": fault.error_type})
+            timeline.append(_Event(run_end, "COMPLETED", logs=(_log(fault.message, run_end, "ERROR"),)))
+        else:
+            timeline.append(_Event(run_end, "COMPLETED", logs=(_log("Generation complete", run_end),)))
+        return self._register(job, payload)
+
+    def _register(self, job: Job, payload: Any) -> Job:
+        with self._lock:
+            self.jobs[job.id] = job
+            self.stats.submits_by_payload[payload_hash(payload)] += 1
+        return job
+
+    def cancel_job(self, job: Job) -> bool:
+        """Cancel if not completed: the job ends COMPLETED with an error now (result 499)."""
+        with self._lock:
+            now = time.monotonic()
+            if job.completed(now):
+                return False
+            done = _Event(now, "COMPLETED", logs=(_log("Request cancelled", now, "WARN"),))
+            # one assignment, so a reader sees either the old or the new timeline
+            job.timeline = [*job.timeline[: job.index_at(now) + 1], done]
+            job.cancelled = True
+            message = "Request cancelled by the client"
+            job.error = (message, "client_cancelled")
+            job.failure = (499, {"detail": message, "error_type": "client_cancelled"},
+                           {"X-Fal-Error-Type": "client_cancelled"})
+        job.wake.set()
+        return True
+
+    def issue_token(self) -> str:
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._tokens[token] = time.time() + self.token_ttl_s
+        return token
+
+    def token_valid(self, token: str) -> bool:
+        with self._lock:
+            return self._tokens.get(token, 0) > time.time()
+
+    def video_for(self, job: Job) -> Path:
+        """The MP4 served for `job`: the given file, or a generated one per duration (cached)."""
+        if self.video:
+            return self.video
+        duration = parse_duration(job.payload.get("duration") if isinstance(job.payload, dict) else None)
+        key = (duration, self.video_size_bytes)
+        with self._media_lock:
+            if key not in self._videos:
+                assert self._tmp
+                plain = self._videos.get((duration, None))
+                if plain is None:
+                    plain = self._tmp / f"clip-{duration:g}s.mp4"
+                    make_mp4(plain, duration)
+                    self._videos[(duration, None)] = plain
+                if self.video_size_bytes:
+                    padded = self._tmp / f"clip-{duration:g}s-{self.video_size_bytes}.mp4"
+                    pad_mp4(plain, padded, self.video_size_bytes)
+                    self._videos[key] = padded
+            return self._videos[key]
+
+    def catalog(self) -> list[dict[str, Any]]:
+        """Every schema document in schemas_dir, with its catalog metadata (loaded once)."""
+        with self._media_lock:
+            if self._catalog is None:
+                self._catalog = _load_catalog(self.schemas_dir)
+            return self._catalog
+
+    def schema_path(self, endpoint_id: str) -> Path | None:
+        if not self.schemas_dir or ".." in endpoint_id or "\\" in endpoint_id:
+            return None
+        path = self.schemas_dir / (endpoint_id.strip("/").replace("/", "__") + ".json")
+        return path if path.is_file() and path.parent == self.schemas_dir else None
+
+
+def _seed_of(payload: Any) -> int:
+    seed = payload.get("seed") if isinstance(payload, dict) else None
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    return random.randint(0, 2**31 - 1)
+
+
+def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
+    if not schemas_dir or not schemas_dir.is_dir():
+        return []
+    meta_file = schemas_dir / "_catalog-metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    models = []
+    for path in sorted(schemas_dir.glob("*.json")):
+        if path.name.startswith("_"):
+            continue
+        doc = json.loads(path.read_text())
+        info = doc.get("info", {})
+        fal_meta = info.get("x-fal-metadata", {})
+        endpoint_id = fal_meta.get("endpointId") or path.stem.replace("__", "/")
+        metadata = dict(meta.get(endpoint_id, {}).get("metadata") or {
+            "display_name": endpoint_id, "category": fal_meta.get("category"),
+            "description": info.get("description", ""), "status": "active",
+        })
+        models.append({"endpoint_id": endpoint_id, "metadata": metadata, "openapi": doc})
+    return models
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 256  # many clients connect at once (the default backlog is 5)
+    fal: FakeFal
+
+
+class _Reset(Exception):
+    """Raised inside a handler to drop the connection with an RST."""
+
+
+class _Answered(Exception):
+    """Raised inside a handler once an error response (fault, auth, 404) has been sent."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like fal's gateway
+    server: _Server
+    timeout = 60
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        if self.server.fal.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # plumbing ---------------------------------------------------------------
+    @property
+    def fal(self) -> FakeFal:
+        return self.server.fal
+
+    def _dispatch(self, method: str) -> None:
+        self._body_read = False
+        self._reset_after = False
+        url = urlsplit(self.path)
+        self.query = {k: v for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        segs = [s for s in url.path.split("/") if s]
+        try:
+            self._route(method, segs)
+            if not self._body_read:
+                for _ in self._body_chunks():
+                    pass
+        except _Answered:
+            pass
+        except _Reset:
+            self._reset()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+
+    def _route(self, method: str, segs: list[str]) -> None:
+        if segs[:2] == ["files", "upload"] and method == "POST":
+            return self._upload()
+        if segs[:2] == ["files", "up"] and len(segs) == 3 and method == "GET":
+            return self._uploaded_file(segs[2])
+        if segs[:1] == ["files"] and len(segs) == 2 and method == "GET":
+            return self._download(segs[1])
+        if segs == ["storage", "auth", "token"] and method == "POST":
+            return self._token()
+        if segs == ["api", "openapi", "queue", "openapi.json"] and method == "GET":
+            return self._schema()
+        if segs == ["v1", "models"] and method == "GET":
+            return self._models()
+        if "requests" in segs:
+            i = segs.index("requests")
+            return self._queue_op(method, segs[:i], segs[i + 1 :])
+        if method == "POST" and len(segs) >= 2:
+            return self._submit("/".join(segs))
+        self._json(404, {"detail": f"Not found: {method} {self.path}"})
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body, streamed (Content-Length or chunked)."""
+        self._body_read = True
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                yield self.rfile.read(size)
+                self.rfile.readline()
+        left = int(self.headers.get("Content-Length") or 0)
+        while left > 0:
+            chunk = self.rfile.read(min(left, _CHUNK))
+            if not chunk:
+                raise ConnectionResetError("client closed mid-body")
+            left -= len(chunk)
+            yield chunk
+
+    def _body(self) -> bytes:
+        return b"".join(self._body_chunks())
+
+    @property
+    def base(self) -> str:
+        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        return f"http://{host}"
+
+    def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
+              request_id: str | None = "") -> None:
+        if self._reset_after:
+            raise _Reset
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if request_id is not None:  # fal's gateway marks its responses; ingress (nginx) does not
+            self.send_header("x-fal-request-id", request_id or str(uuid.uuid4()))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None,
+              request_id: str | None = "") -> None:
+        self._send(code, json.dumps(obj).encode(), "application/json", headers, request_id)
+
+    def _reset(self) -> None:
+        """Drop the connection with an RST, no response (SO_LINGER 0)."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()  # the makefile holds a reference that would delay the real close
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _apply_fault(self, on: str, subject: str = "") -> Fault | None:
+        """Count the call and apply a fault that replaces the response (raising `_Answered` or
+        `_Reset`); return the others (slow, reset_after, truncate, fail_generation, …) to the caller."""
+        self.fal.count(on)
+        f = self.fal.fault(on, subject or self.path)
+        if f is None:
+            return None
+        if f.kind == "slow":
+            time.sleep(f.seconds)
+        elif f.kind == "429":
+            headers = {"X-Fal-Needs-Retry": "1"}
+            if f.retry_after is not None:
+                headers["Retry-After"] = str(f.retry_after)
+            body = {"detail": "Too many requests", "error_type": "concurrent_requests_limit"}
+            self._json(429, body, headers)
+            raise _Answered
+        elif f.kind.startswith("ingress_"):
+            code = int(f.kind.split("_")[1])
+            html = _NGINX_HTML.format(code=code, reason=self.responses.get(code, ("Error",))[0]).encode()
+            self._send(code, html, "text/html", request_id=None)
+            raise _Answered
+        elif f.kind == "timeout_504" and on != "submit":
+            self._json(504, {"detail": "Request timed out", "error_type": "request_timeout"},
+                       {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "request_timeout"})
+            raise _Answered
+        elif f.kind == "reset_before" or (f.kind == "reset" and on != "submit"):
+            raise _Reset
+        elif f.kind == "truncate" and on not in ("download", "stream"):
+            raise _Reset
+        elif f.kind in ("reset", "reset_after"):
+            self._reset_after = True  # do the work, then lose the response
+        return f
+
+    def _require_key(self) -> None:
+        header = self.headers.get("Authorization")
+        if not header:
+            self._json(401, {"detail": "Missing authorization header"})
+            raise _Answered
+        scheme, _, value = header.partition(" ")
+        if scheme != "Key" or value.strip() != self.fal.key:
+            self._json(403, {"detail": "Invalid API key"})
+            raise _Answered
+
+    # queue ------------------------------------------------------------------
+    def _submit(self, endpoint: str) -> None:
+        raw = self._body()
+        f = self._apply_fault("submit", f"/{endpoint} {raw.decode(errors='replace')}")
+        self._require_key()
+        try:
+            payload: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = raw.decode(errors="replace")  # real fal accepts anything at submit
+        recorded = {k: v for k, v in self.headers.items() if k.lower().startswith("x-fal-")}
+        job = self.fal.create_job(endpoint, payload, recorded, f)
+        body = job.status_body(0, self.base, None)
+        del body["logs"]  # the submit response has no logs field
+        self._json(200, body, request_id=job.id)
+
+    def _queue_op(self, method: str, app_segs: list[str], rest: list[str]) -> None:
+        n = 3 if app_segs[:1] and app_segs[0] in _THREE_SEGMENT_NAMESPACES else 2
+        if len(app_segs) != n or not rest:  # real fal: 405 when the full endpoint path is used
+            self.fal.count("status")
+            self._json(405, {"detail": "Method Not Allowed"})
+            return
+        app, rid, op = "/".join(app_segs), rest[0], rest[1:]
+        if method == "GET" and op == ["status"]:
+            return self._status(app, rid)
+        if method == "GET" and op == ["status", "stream"]:
+            return self._stream(app, rid)
+        if method == "GET" and op in ([], ["response"]):
+            return self._result(app, rid)
+        if method == "PUT" and op == ["cancel"]:
+            return self._cancel(app, rid)
+        self.fal.count("status")
+        self._json(405, {"detail": "Method Not Allowed"})
+
+    def _job(self, app: str, rid: str) -> Job:
+        job = self.fal.jobs.get(rid)
+        if job is None or job.app != app:
+            self._json(404, {"status": "NOT_FOUND"})
+            raise _Answered
+        return job
+
+    def _want_logs(self) -> bool:
+        return self.query.get("logs", ["0"])[-1].lower() in ("1", "true")
+
+    def _status(self, app: str, rid: str) -> None:
+        self._apply_fault("status")
+        self._require_key()
+        job = self._job(app, rid)
+        idx = job.index_at(time.monotonic())
+        body = job.status_body(idx, self.base, job.logs_between(0, idx) if self._want_logs() else None)
+        self._json(200 if body["status"] == "COMPLETED" else 202, body, request_id=job.id)
+
+    def _stream(self, app: str, rid: str) -> None:
+        f = self._apply_fault("stream")
+        self._require_key()
+        job = self._job(app, rid)
+        if self._reset_after:
+            raise _Reset
+        self.close_connection = True  # the stream ends by closing (no Content-Length)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.send_header("x-fal-request-id", job.id)
+        self.end_headers()
+        stats, lock = self.fal.stats, self.fal._lock
+        with lock:
+            stats.open_streams += 1
+            stats.max_open_streams = max(stats.max_open_streams, stats.open_streams)
+        try:
+            self._stream_events(job, self._want_logs(), truncate=f is not None and f.kind == "truncate")
+        finally:
+            with lock:
+                stats.open_streams -= 1
+
+    def _stream_events(self, job: Job, want_logs: bool, truncate: bool) -> None:
+        last = -1
+        next_keepalive = time.monotonic() + self.fal.keepalive_s
+        while not self.fal._stopping.is_set():
+            now = time.monotonic()
+            idx = job.index_at(now)
+            if idx != last:
+                logs = job.logs_between(last + 1, idx) if want_logs else None  # stream: only new lines
+                body = job.status_body(idx, self.base, logs)
+                self.wfile.write(f"data: {json.dumps(body)}\n\n".encode())
+                self.wfile.flush()
+                last = idx
+                if body["status"] == "COMPLETED" or truncate:
+                    return
+            if now >= next_keepalive:
+                self.wfile.write(b": keepalive\n\n")
+                self.wfile.flush()
+                next_keepalive = now + self.fal.keepalive_s
+            nxt = job.next_at(idx)
+            wait = next_keepalive - now if nxt is None else min(nxt - now, next_keepalive - now)
+            job.wake.wait(max(wait, 0.001))  # set by cancel and stop
+
+    def _result(self, app: str, rid: str) -> None:
+        self._apply_fault("result")
+        self._require_key()
+        job = self._job(app, rid)
+        with self.fal._lock:
+            job.result_calls += 1
+        if not job.completed(time.monotonic()):
+            self._json(400, {"detail": "Request is still in progress"}, request_id=job.id)
+            return
+        if job.failure:  # the model's own status and body, replayed
+            code, body, headers = job.failure
+            self._json(code, body, headers, request_id=job.id)
+            return
+        path = self.fal.video_for(job)
+        output = {
+            "video": {"url": f"{self.base}/files/{job.id}.mp4", "content_type": "video/mp4",
+                      "file_name": f"{job.id}.mp4", "file_size": path.stat().st_size},
+            "seed": job.seed,
+        }
+        self._json(200, output, {"x-fal-billable-units": "1"}, request_id=job.id)
+
+    def _cancel(self, app: str, rid: str) -> None:
+        self._apply_fault("cancel")
+        self._require_key()
+        job = self._job(app, rid)
+        if self.fal.cancel_job(job):
+            self._json(202, {"status": "CANCELLATION_REQUESTED"}, request_id=job.id)
+        else:
+            self._json(400, {"status": "ALREADY_COMPLETED"}, request_id=job.id)
+
+    # storage ------------------------------------------------------------------
+    def _token(self) -> None:
+        self._apply_fault("token")
+        self._require_key()
+        self._body()
+        expires = datetime.now(UTC) + timedelta(seconds=self.fal.token_ttl_s)
+        self._json(200, {"token": self.fal.issue_token(), "token_type": "Bearer", "base_url": self.base,
+                         "expires_at": expires.isoformat()})
+
+    def _upload(self) -> None:
+        self._apply_fault("upload")
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme != "Bearer" or not self.fal.token_valid(token.strip()):
+            self._json(401, {"detail": "Invalid or expired storage token"})
+            return
+        assert self.fal._tmp
+        digest = hashlib.sha256()
+        part = self.fal._tmp / "up" / f".part-{uuid.uuid4().hex}"
+        with part.open("wb") as f:
+            for chunk in self._body_chunks():
+                digest.update(chunk)
+                f.write(chunk)
+        name = f"{digest.hexdigest()}.{_extension(self.headers)}"
+        part.replace(self.fal._tmp / "up" / name)
+        with self.fal._lock:
+            self.fal.stats.uploads_by_hash[digest.hexdigest()] += 1
+        self._json(200, {"access_url": f"{self.base}/files/up/{name}"})
+
+    def _uploaded_file(self, name: str) -> None:
+        self.fal.count("download")
+        assert self.fal._tmp
+        path = self.fal._tmp / "up" / name
+        if not re.fullmatch(r"[0-9a-f]{64}\.[A-Za-z0-9]{1,8}", name) or not path.is_file():
+            self._json(404, {"detail": "File not found"}, request_id=None)
+            return
+        self._file(path, mimetypes.guess_type(name)[0] or "application/octet-stream", truncate=False)
+
+    def _download(self, name: str) -> None:
+        f = self._apply_fault("download")
+        job = self.fal.jobs.get(name.removesuffix(".mp4"))
+        if job is None or job.failure or not job.completed(time.monotonic()):
+            self._json(404, {"detail": "File not found"}, request_id=None)
+            return
+        self._file(self.fal.video_for(job), "video/mp4", truncate=f is not None and f.kind == "truncate")
+
+    def _file(self, path: Path, content_type: str, truncate: bool) -> None:
+        """Stream a file from disk with Content-Length (constant memory)."""
+        if self._reset_after:
+            raise _Reset
+        size = path.stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        limit = size // 2 if truncate else size
+        with path.open("rb") as fh:
+            sent = 0
+            while sent < limit:
+                chunk = fh.read(min(_CHUNK, limit - sent))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        if truncate:
+            raise _Reset
+
+    # discovery ----------------------------------------------------------------
+    def _schema(self) -> None:
+        self._apply_fault("schema")
+        endpoint_id = self.query.get("endpoint_id", [""])[-1]
+        path = self.fal.schema_path(endpoint_id)
+        if path is None:
+            self._json(404, {"detail": f"No OpenAPI document for endpoint_id={endpoint_id!r}"})
+            return
+        self._send(200, path.read_bytes(), "application/json")
+
+    def _models(self) -> None:
+        self._apply_fault("schema")
+        q = self.query
+        ids = set(q.get("endpoint_id", []))
+        text = q.get("q", [""])[-1].lower()
+        category, status = q.get("category", [""])[-1], q.get("status", [""])[-1]
+        expand = "openapi-3.0" in q.get("expand", [])
+        hits = []
+        for m in self.fal.catalog():
+            meta = m["metadata"]
+            tags = meta.get("tags") or []
+            words = [m["endpoint_id"], meta.get("display_name"), meta.get("description"), *tags]
+            hay = " ".join(str(w) for w in words if w).lower()
+            if (ids and m["endpoint_id"] not in ids) or (text and text not in hay):
+                continue
+            if (category and meta.get("category") != category) or (status and meta.get("status") != status):
+                continue
+            hits.append({"endpoint_id": m["endpoint_id"], "metadata": meta,
+                         **({"openapi": m["openapi"]} if expand else {})})
+        limit = max(1, int(q.get("limit", ["50"])[-1] or 50))
+        cursor = q.get("cursor", [""])[-1]
+        start = int(base64.b64decode(cursor).decode()) if cursor else 0
+        page, more = hits[start : start + limit], start + limit < len(hits)
+        next_cursor = base64.b64encode(str(start + limit).encode()).decode() if more else None
+        self._json(200, {"models": page, "next_cursor": next_cursor, "has_more": more})
+
+
+
+def _extension(headers: Any) -> str:
+    name = headers.get("X-Fal-File-Name") or ""
+    ext = Path(name).suffix.lstrip(".")
+    if not ext:
+        guessed = mimetypes.guess_extension((headers.get("Content-Type") or "").split(";")[0].strip())
+        ext = (guessed or ".bin").lstrip(".")
+    return ext if re.fullmatch(r"[A-Za-z0-9]{1,8}", ext) else "bin"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Run a fake fal.ai server on loopback.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--schemas", type=Path, help="folder of <endpoint id with / as __>.json OpenAPI docs")
+    p.add_argument("--latency", type=float, default=2.0, help="seconds from submit to COMPLETED")
+    p.add_argument("--key", default="test-key")
+    p.add_argument("--video-size", type=int, default=None, help="pad served MP4s to this many bytes")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    fal = FakeFal(args.schemas, key=args.key, latency_s=args.latency, host=args.host, port=args.port,
+                  video_size_bytes=args.video_size, verbose=args.verbose)
+    with fal:
+        print(f"fake fal listening on {fal.url} (key {args.key!r}); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Validation before spending: every payload of the run against its endpoint's published schema,
+undeclared keys (which fal would silently ignore) and local input files against the schema's
+`x-fal` limits — all before the first upload or submission."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .errors import PayloadInvalid
+from .planning import Job
+from .schemas import SchemaStore
+
+
+def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, str]:
+    """Raise PayloadInvalid listing every problem (one line each); return endpoint → schema sha256."""
+    problems: list[str] = []
+    shas: dict[str, str] = {}
+    for job in jobs:
+        schema = store.get(job.endpoint)
+        shas[job.endpoint] = schema.sha256
+        where = f"{job.key}: model={job.model} endpoint={job.endpoint}"
+        for issue in schema.validate(job.payload):
+            allowed = f" (allowed: {', '.join(map(str, issue.allowed))})" if issue.allowed else ""
+            problems.append(f"{where} field {issue.path}: {issue.message}{allowed}")
+        for key in schema.unknown_keys(job.payload):
+            problems.append(f"{where} field {key}: not declared by the endpoint's schema (fal would ignore it)")
+        for field, path in job.files.items():
+            for issue in schema.check_local_file(field, path):
+                problems.append(f"{where} field {issue.path}: {issue.message}")
+    if problems:
+        raise PayloadInvalid("\n".join(problems))
+    return shas

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FAL_SCHEMAS = SHARED / "fal-schemas"
+EXAMPLE = REPO / "examples" / "short-film"
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[..., DictConfig]:
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_module(version_base="1.3", config_module="aivp_batch.conf"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+def fal_document(endpoint_id: str) -> dict:
+    return json.loads((FAL_SCHEMAS / f"{endpoint_id.replace('/', '__')}.json").read_text())
+
+
+def has_fal_document(endpoint_id: str) -> bool:
+    return (FAL_SCHEMAS / f"{endpoint_id.replace('/', '__')}.json").exists()
+
+
+def write_png(path: Path, size: tuple[int, int], colour: tuple[int, int, int] = (120, 90, 60)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path

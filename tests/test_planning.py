@@ -1,0 +1,180 @@
+"""Where a shot becomes a payload: every model's payload for every mode validates against the real
+schema of its endpoint; durations are raised (never shortened) or refused when strict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO, fal_document, has_fal_document, write_png
+from omegaconf import OmegaConf
+
+from aivp_batch.errors import PayloadInvalid, SchemaUnavailable
+from aivp_batch.models import build_model_spec
+from aivp_batch.planning import job_identity, plan_jobs
+from aivp_batch.pricing import estimate_usd, frame_size
+from aivp_batch.schemas import SchemaStore
+from aivp_batch.storyboard import Shot
+from aivp_batch.validation import validate_jobs
+
+MODELS = sorted(p.stem for p in (REPO / "aivp_batch/conf/model").glob("*.yaml"))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    write_png(tmp_path / "image/frames/shot-01-ff.png", (1280, 720))
+    write_png(tmp_path / "image/frames/shot-01-lf.png", (1280, 720), (30, 60, 90))
+    write_png(tmp_path / "image/characters/elena-front.png", (768, 1024))
+    write_png(tmp_path / "image/characters/marco-front.png", (768, 1024), (10, 20, 30))
+    return tmp_path
+
+
+def shots_for_every_mode(project: Path) -> list[Shot]:
+    prompts = {"seedance": "0-3秒：镜头缓缓推进，@图片1 转身", "kling": "[Camera: push in] Elena turns.",
+               "motion": "Slow push in as the woman turns."}
+    frames = project / "image/frames"
+    chars = tuple(sorted((project / "image/characters").glob("*.png")))
+    return [
+        Shot(id="shot-01", number=1, prompts=prompts, duration_s=5, aspect_ratio="16:9"),
+        Shot(id="shot-02", number=2, prompts=prompts, duration_s=5, aspect_ratio="16:9",
+             start_frame=frames / "shot-01-ff.png"),
+        Shot(id="shot-03", number=3, prompts=prompts, duration_s=5, aspect_ratio="16:9",
+             start_frame=frames / "shot-01-ff.png", end_frame=frames / "shot-01-lf.png"),
+        Shot(id="shot-04", number=4, prompts=prompts, duration_s=5, aspect_ratio="16:9",
+             characters=("Elena", "Marco"), character_refs=chars),
+    ]
+
+
+def spec_for(compose_cfg, model: str, tier: str, provider: str = "fal"):
+    cfg = OmegaConf.to_container(compose_cfg(f"model={model}", f"tier={tier}", f"provider={provider}"), resolve=True)
+    return build_model_spec(cfg["model"], cfg["provider"], tier)
+
+
+def snapshot_store(tmp_path: Path, endpoints) -> SchemaStore:
+    store = SchemaStore(cache_dir=tmp_path / "cache", offline=True)
+    for endpoint in endpoints:
+        if has_fal_document(endpoint):
+            store.register(endpoint, fal_document(endpoint))
+    return store
+
+
+@pytest.mark.parametrize("tier", ["iteration", "standard", "hero"])
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "seedance_v1"])
+def test_every_mode_validates_against_the_real_schema(compose_cfg, project, tmp_path, model, tier) -> None:
+    spec = spec_for(compose_cfg, model, tier)
+    plan = plan_jobs(shots_for_every_mode(project), spec, provider="fal", seed=7)
+    assert not plan.errors
+    store = snapshot_store(tmp_path, {j.endpoint for j in plan.jobs})
+    shas = validate_jobs(plan.jobs, store)
+    assert set(shas) == {j.endpoint for j in plan.jobs}
+    modes = {j.key: j.mode for j in plan.jobs}
+    assert modes["shot-01"] == "T2V" and modes["shot-02"] == "I2V"
+    assert modes["shot-03"] == ("FLF" if spec.supports_end_frame("I2V") or "FLF" in spec.modes else "I2V")
+    assert modes["shot-04"] == ("REF" if "REF" in spec.modes else "T2V")
+    for job in plan.jobs:
+        assert job.estimate_usd > 0 and len(job.identity) == 64
+
+
+def test_seedance_v1_needs_its_schema_online(compose_cfg, project, tmp_path) -> None:
+    spec = spec_for(compose_cfg, "seedance_v1", "standard")
+    plan = plan_jobs(shots_for_every_mode(project)[:1], spec, provider="fal", seed=1)
+    with pytest.raises(SchemaUnavailable, match="seedance/v1/pro/text-to-video"):
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, []))
+
+
+def test_field_names_and_types_follow_each_endpoint(compose_cfg, project) -> None:
+    shots = shots_for_every_mode(project)
+    kling = plan_jobs(shots, spec_for(compose_cfg, "kling_v3", "hero"), provider="fal", seed=3).jobs
+    assert kling[1].payload["start_image_url"].startswith("file://") and kling[1].payload["duration"] == "5"
+    assert "seed" not in kling[0].payload  # Kling takes no seed; it is still recorded on the job
+    assert kling[0].seed == 3
+    veo = plan_jobs(shots, spec_for(compose_cfg, "veo31", "standard"), provider="fal", seed=3).jobs
+    assert veo[0].payload["duration"] == "6s" and veo[0].duration_note.startswith("raised 5s → 6s")
+    assert set(veo[2].files) == {"first_frame_url", "last_frame_url"}
+    sora = plan_jobs(shots, spec_for(compose_cfg, "sora2", "standard"), provider="fal", seed=3).jobs
+    assert sora[0].payload["duration"] == 8
+    o3 = plan_jobs(shots, spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=3).jobs
+    assert o3[3].payload["elements"][0]["frontal_image_url"].startswith("file://")
+    assert "@Element1" in o3[3].payload["prompt"]
+    sd2 = plan_jobs(shots, spec_for(compose_cfg, "seedance_v2", "standard"), provider="fal", seed=3).jobs
+    assert sd2[3].prompt.startswith("0-3秒") and "@Image1" in sd2[3].prompt and len(sd2[3].payload["image_urls"]) == 2
+
+
+def test_prompt_variant_per_model(compose_cfg, project) -> None:
+    shot = shots_for_every_mode(project)[:1]
+    assert plan_jobs(shot, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1).jobs[0]\
+        .prompt_variant == "seedance"
+    assert plan_jobs(shot, spec_for(compose_cfg, "kling_v26", "standard"), provider="fal", seed=1).jobs[0]\
+        .prompt_variant == "kling"
+    only_motion = [Shot(id="shot-01", number=1, prompts={"motion": "A slow pan."}, duration_s=5)]
+    job = plan_jobs(only_motion, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1).jobs[0]
+    assert (job.prompt_variant, job.prompt) == ("motion", "A slow pan.")
+
+
+def test_duration_raised_never_shortened_or_strict(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "kling_v26", "standard")
+    shots = [Shot(id="shot-07", number=7, prompts={"kling": "x"}, duration_s=7)]
+    job = plan_jobs(shots, spec, provider="fal", seed=1).jobs[0]
+    assert job.duration_s == 10 and job.payload["duration"] == "10" and "7s → 10s" in job.duration_note
+    strict = plan_jobs(shots, spec, provider="fal", seed=1, duration_policy="strict")
+    assert not strict.jobs
+    assert strict.errors == ["shot-07: duration 7s is not allowed by fal-ai/kling-video/v2.6/pro/text-to-video "
+                             "(allowed: 5, 10) and duration_policy=strict"]
+    too_long = plan_jobs([Shot(id="shot-08", number=8, prompts={"kling": "x"}, duration_s=12)], spec,
+                         provider="fal", seed=1)
+    assert "longer than" in too_long.errors[0]
+
+
+def test_spec_kling_field_names_are_caught(compose_cfg, project, tmp_path) -> None:
+    spec = spec_for(compose_cfg, "kling_o3", "hero")
+    shots = shots_for_every_mode(project)[:1]
+    wrong = {"multi_shot_prompts": [{"prompt": "a", "duration": "5"}],
+             "elements": [{"image_url": "https://x/y.png", "description": "the detective"}]}
+    plan = plan_jobs(shots, spec, provider="fal", seed=1, payload_extra=wrong)
+    with pytest.raises(PayloadInvalid) as err:
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
+    text = str(err.value)
+    assert "field multi_shot_prompts: not declared" in text
+    assert "field elements" in text and "shot-01: model=kling_o3 endpoint=fal-ai/kling-video/o3/pro/text-to-video" in text
+
+
+def test_invalid_value_names_shot_endpoint_field_and_allowed(compose_cfg, project, tmp_path) -> None:
+    spec = spec_for(compose_cfg, "veo31", "standard")
+    plan = plan_jobs(shots_for_every_mode(project)[:1], spec, provider="fal", seed=1,
+                     payload_extra={"resolution": "8k"})
+    with pytest.raises(PayloadInvalid) as err:
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
+    assert "shot-01: model=veo31 endpoint=fal-ai/veo3.1/fast field resolution" in str(err.value)
+    assert "720p, 1080p, 4k" in str(err.value)
+
+
+def test_small_keyframe_fails_x_fal_limits_before_upload(compose_cfg, tmp_path) -> None:
+    small = write_png(tmp_path / "image/frames/shot-01-ff.png", (200, 150))
+    shot = Shot(id="shot-01", number=1, prompts={"kling": "x"}, duration_s=5, start_frame=small)
+    plan = plan_jobs([shot], spec_for(compose_cfg, "kling_v3", "hero"), provider="fal", seed=1)
+    with pytest.raises(PayloadInvalid, match="shot-01-ff.png"):
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
+
+
+def test_identity_hashes_files_by_content_and_random_seed_as_random(compose_cfg, project) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")
+    shot = shots_for_every_mode(project)[1:2]
+    a = plan_jobs(shot, spec, provider="fal", seed=None).jobs[0]
+    b = plan_jobs(shot, spec, provider="fal", seed=None).jobs[0]
+    assert a.payload["seed"] == a.seed and a.seed_random  # a drawn seed is sent and recorded
+    assert a.identity == b.identity  # …but a random seed does not make it a different render
+    c = plan_jobs(shot, spec, provider="fal", seed=5).jobs[0]
+    assert c.identity != a.identity and c.payload["seed"] == 5
+    moved = job_identity("fal", c.endpoint, {**c.payload, "image_url": "https://cdn/x.png"}, {}, {}, False)
+    assert moved != c.identity
+
+
+def test_pricing_rules() -> None:
+    seedance = {"unit": "token", "fps": 24, "rates": [{"when": {"audio": True}, "usd_per_million": 2.4},
+                                                       {"usd_per_million": 1.2}]}
+    assert frame_size("720p", "16:9") == (1280, 720) and frame_size("480p", "9:16") == (480, 854)
+    assert estimate_usd(seedance, duration_s=5, settings={"audio": True, "resolution": "720p"},
+                        aspect_ratio="16:9") == pytest.approx(0.2592)
+    kling = {"unit": "second", "rates": [{"when": {"audio": True}, "usd": 0.14}, {"usd": 0.07}]}
+    assert estimate_usd(kling, duration_s=10, settings={"audio": False}) == pytest.approx(0.7)
+    assert estimate_usd({"unit": "free"}, duration_s=10, settings={}) == 0.0

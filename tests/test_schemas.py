@@ -1,0 +1,485 @@
+"""Tests of aivp_batch.schemas against the 32 real fal OpenAPI documents in ../shared.
+
+The documents are served from a loopback HTTP server (never copied into the repo), so the
+fetch/cache code runs for real, offline.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from aivp_batch.errors import SchemaUnavailable
+from aivp_batch.schemas import SCHEMA_PATH, EndpointSchema, SchemaIssue, SchemaStore, safe_name
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "fal-schemas"
+ENDPOINTS = sorted(p.stem.replace("__", "/") for p in SCHEMA_DIR.glob("*.json") if not p.name.startswith("_"))
+
+KLING_V3_I2V = "fal-ai/kling-video/v3/pro/image-to-video"
+KLING_V3_T2V = "fal-ai/kling-video/v3/pro/text-to-video"
+KLING_O3_REF = "fal-ai/kling-video/o3/pro/reference-to-video"
+KLING_O3_EDIT = "fal-ai/kling-video/o3/pro/video-to-video/edit"
+VEO = "fal-ai/veo3.1"
+
+pytestmark = pytest.mark.skipif(not SCHEMA_DIR.is_dir(), reason="no ../shared/fal-schemas beside the repo")
+
+
+def _document(endpoint_id: str) -> dict:
+    return json.loads((SCHEMA_DIR / (endpoint_id.replace("/", "__") + ".json")).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- a tiny fal schema server
+
+
+@dataclass
+class SchemaServer:
+    url: str = ""
+    requests: list[str] = field(default_factory=list)  # endpoint ids asked for, in order
+    auth_headers: list[str | None] = field(default_factory=list)
+    overrides: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # endpoint id → (status, body)
+
+    def answer(self, path: str, endpoint_id: str) -> tuple[int, bytes]:
+        if endpoint_id in self.overrides:
+            return self.overrides[endpoint_id]
+        file = SCHEMA_DIR / (endpoint_id.replace("/", "__") + ".json")
+        if path != SCHEMA_PATH or not endpoint_id or not file.is_file():
+            return 404, b'{"detail": "Not Found"}'
+        return 200, file.read_bytes()
+
+
+def _handler(state: SchemaServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            url = urlsplit(self.path)
+            endpoint_id = parse_qs(url.query).get("endpoint_id", [""])[0]
+            state.requests.append(endpoint_id)
+            state.auth_headers.append(self.headers.get("Authorization"))
+            status, body = state.answer(url.path, endpoint_id)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # keep pytest output quiet
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[SchemaServer]:
+    state = SchemaServer()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def fal(_server: SchemaServer, monkeypatch: pytest.MonkeyPatch) -> SchemaServer:
+    """The module's server with a fresh request count and no overrides."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # loopback must not go through a proxy
+    _server.requests.clear()
+    _server.auth_headers.clear()
+    _server.overrides.clear()
+    return _server
+
+
+@pytest.fixture
+def store(fal: SchemaServer, tmp_path: Path) -> SchemaStore:
+    return SchemaStore(fal.url, tmp_path / "cache", timeout_s=5)
+
+
+def _minimal_payload(schema: EndpointSchema) -> dict:
+    """Required fields filled from the document's own examples (else default / first choice)."""
+    payload = {}
+    for name in schema.required:
+        prop = schema.input_schema["properties"][name]
+        if prop.get("examples"):
+            payload[name] = prop["examples"][0]
+        elif "default" in prop:
+            payload[name] = prop["default"]
+        else:
+            payload[name] = schema.allowed_values(name)[0]
+    return payload
+
+
+# ---------------------------------------------------------------- all 32 documents
+
+
+def test_shared_documents_are_all_there() -> None:
+    assert len(ENDPOINTS) == 32
+
+
+@pytest.mark.parametrize("endpoint_id", ENDPOINTS)
+def test_every_document_loads_and_a_minimal_payload_validates(store: SchemaStore, endpoint_id: str) -> None:
+    schema = store.get(endpoint_id)
+    body = schema.document["paths"]["/" + endpoint_id]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/" + schema.input_name)
+    assert schema.input_name.endswith("Input")
+    assert schema.properties and "properties" in schema.input_schema
+    payload = _minimal_payload(schema)
+    assert schema.validate(payload) == []
+    assert schema.unknown_keys(payload) == []
+    assert schema.missing_refs == []
+
+
+# ---------------------------------------------------------------- validation messages
+
+
+def test_kling_duration_outside_its_enum_lists_the_allowed_values(store: SchemaStore) -> None:
+    schema = store.get(KLING_V3_I2V)
+    issues = schema.validate({"start_image_url": "https://x/a.png", "duration": "2"})
+    assert len(issues) == 1
+    issue = issues[0]
+    assert issue.path == "duration"
+    assert issue.allowed == [str(n) for n in range(3, 16)]
+    assert issue.message.startswith("'2' is not one of '3', '4', '5'")
+    assert str(issue).startswith("duration: '2' is not one of")
+
+
+def test_kling_duration_as_integer_is_rejected(store: SchemaStore) -> None:
+    issues = store.get(KLING_V3_I2V).validate({"start_image_url": "https://x/a.png", "duration": 5})
+    assert issues and {i.path for i in issues} == {"duration"}
+    assert any("not of type 'string'" in i.message for i in issues)
+    assert all(i.allowed and "5" in i.allowed for i in issues)
+
+
+def test_veo_duration_needs_its_unit(store: SchemaStore) -> None:
+    schema = store.get(VEO)
+    [issue] = schema.validate({"prompt": "a cat", "duration": "5s"})
+    assert issue.path == "duration"
+    assert issue.allowed == ["4s", "6s", "8s"]
+    assert issue.message == "'5s' is not one of '4s', '6s', '8s'"
+    assert schema.validate({"prompt": "a cat", "duration": "6s"}) == []
+
+
+def test_null_is_accepted_where_the_schema_allows_it(store: SchemaStore) -> None:
+    assert store.get(VEO).validate({"prompt": "a cat", "seed": None}) == []
+    payload = {"start_image_url": "https://x/a.png", "end_image_url": None, "elements": None}
+    assert store.get(KLING_V3_I2V).validate(payload) == []
+
+
+def test_anyof_failures_name_the_real_field_and_problem(store: SchemaStore) -> None:
+    [seed] = store.get(VEO).validate({"prompt": "a cat", "seed": "abc"})
+    assert seed.path == "seed" and seed.message == "'abc' is not of type 'integer'"
+    shots = [{"prompt": "a", "duration": "5"}, {"prompt": "b", "duration": "20"}]
+    payload = {"prompt": None, "multi_prompt": shots}
+    [issue] = store.get(KLING_V3_T2V).validate(payload)
+    assert issue.path == "multi_prompt[1].duration"
+    assert issue.allowed == [str(n) for n in range(1, 16)]
+    assert "'20' is not one of '1', '2'" in issue.message
+    assert "any of the given schemas" not in issue.message
+
+
+def test_missing_required_field_is_named_by_its_path(store: SchemaStore) -> None:
+    issues = store.get(KLING_V3_I2V).validate({"prompt": "a"})
+    assert [i.path for i in issues] == ["start_image_url"]
+    [nested] = store.get(KLING_V3_T2V).validate({"multi_prompt": [{"duration": "5"}]})
+    assert nested.path == "multi_prompt[0].prompt"
+
+
+def test_paths_in_payload_validate_as_strings(store: SchemaStore, tmp_path: Path) -> None:
+    # Payloads are planned with local files before upload; a Path is sent as a string later.
+    assert store.get(KLING_V3_I2V).validate({"start_image_url": tmp_path / "a.png"}) == []
+
+
+def test_lookups(store: SchemaStore) -> None:
+    schema = store.get(KLING_V3_I2V)
+    assert schema.required == ["start_image_url"]
+    assert "multi_prompt" in schema.properties and "multi_shot_prompts" not in schema.properties
+    assert schema.allowed_values("duration") == [str(n) for n in range(3, 16)]
+    assert schema.allowed_values("shot_type") == ["customize", "intelligent"]
+    assert schema.allowed_values("prompt") is None
+    assert schema.allowed_values("no_such_field") is None
+    assert store.get("fal-ai/veo3.1/reference-to-video").allowed_values("duration") == ["8s"]  # a const
+    assert store.get("fal-ai/sora-2/text-to-video/pro").allowed_values("duration") == [4, 8, 12, 16, 20]
+
+
+# ---------------------------------------------------------------- unknown keys
+
+
+def test_upstream_wrong_kling_field_names_are_unknown_keys(store: SchemaStore) -> None:
+    schema = store.get(KLING_V3_I2V)
+    wrong = {
+        "start_image_url": "https://x/a.png",
+        "multi_shot_prompts": [{"prompt": "a", "duration": "5"}],
+        "elements": [{"image_url": "https://x/c.png", "description": "the hero"}],
+    }
+    # JSON Schema alone accepts it (no additionalProperties: false): that is why unknown_keys exists.
+    assert schema.validate(wrong) == []
+    expected = ["multi_shot_prompts", "elements[0].image_url", "elements[0].description"]
+    assert schema.unknown_keys(wrong) == expected
+    right = {
+        "start_image_url": "https://x/a.png",
+        "multi_prompt": [{"prompt": "a", "duration": "5"}, {"prompt": "b", "foo": 1}],
+        "elements": [{"frontal_image_url": "https://x/c.png", "reference_image_urls": ["https://x/d.png"]}],
+    }
+    assert schema.unknown_keys(right) == ["multi_prompt[1].foo"]
+
+
+def test_unknown_keys_on_endpoints_without_the_field(store: SchemaStore) -> None:
+    # Hailuo-02 pro has no duration: fal would silently ignore it.
+    schema = store.get("fal-ai/minimax/hailuo-02/pro/text-to-video")
+    assert schema.unknown_keys({"prompt": "a", "duration": "6"}) == ["duration"]
+
+
+# ---------------------------------------------------------------- fetching and caching
+
+
+def test_memo_and_disk_cache_avoid_requests(fal: SchemaServer, store: SchemaStore, tmp_path: Path) -> None:
+    first = store.get(KLING_V3_I2V)
+    assert store.get(KLING_V3_I2V) is first
+    assert fal.requests == [KLING_V3_I2V]
+    again = SchemaStore(fal.url, tmp_path / "cache").get(KLING_V3_I2V)
+    assert fal.requests == [KLING_V3_I2V]
+    assert again.sha256 == first.sha256 and again.document == first.document
+    folder = tmp_path / "cache" / safe_name(KLING_V3_I2V)
+    index = json.loads((folder / "index.json").read_text())
+    assert index["endpoint_id"] == KLING_V3_I2V and index["sha256"] == first.sha256
+    raw = (folder / f"{first.sha256}.json").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == first.sha256
+
+
+def test_no_key_is_sent(fal: SchemaServer, store: SchemaStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAL_KEY", "secret-key")
+    store.get(VEO)
+    assert fal.auth_headers == [None]
+
+
+def test_expired_cache_is_refetched(fal: SchemaServer, store: SchemaStore, tmp_path: Path) -> None:
+    store.get(VEO)
+    later = SchemaStore(fal.url, tmp_path / "cache", ttl_s=60, clock=lambda: time.time() + 61)
+    later.get(VEO)
+    assert fal.requests == [VEO, VEO]
+    assert later.warnings == []
+
+
+def test_expired_cache_is_used_when_the_refetch_fails(
+    fal: SchemaServer, store: SchemaStore, tmp_path: Path
+) -> None:
+    cached = store.get(VEO)
+    fal.overrides[VEO] = (500, b"oops")
+    later = SchemaStore(fal.url, tmp_path / "cache", ttl_s=60, clock=lambda: time.time() + 61)
+    assert later.get(VEO).sha256 == cached.sha256
+    assert len(fal.requests) == 2
+    [warning] = later.warnings
+    assert VEO in warning and "HTTP 500" in warning and "cached copy" in warning
+
+
+def test_offline_uses_the_cache_of_any_age(fal: SchemaServer, store: SchemaStore, tmp_path: Path) -> None:
+    store.get(VEO)
+    offline = SchemaStore(fal.url, tmp_path / "cache", ttl_s=1, offline=True, clock=lambda: time.time() + 1e6)
+    assert offline.get(VEO).input_name == "Veo31Input"
+    assert fal.requests == [VEO]
+
+
+def test_offline_without_cache_is_unavailable(fal: SchemaServer, tmp_path: Path) -> None:
+    with pytest.raises(SchemaUnavailable, match="run once online"):
+        SchemaStore(fal.url, tmp_path / "cache", offline=True).get(VEO)
+    assert fal.requests == []
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        (None, "HTTP 404"),
+        ((200, b"<html>not json</html>"), "not JSON"),
+        ((200, b"[1, 2]"), "not an OpenAPI document"),
+        ((200, b'{"openapi": "3.0.4", "paths": {}}'), "no input schema found"),
+    ],
+)
+def test_unusable_answers_are_schema_unavailable(
+    fal: SchemaServer, store: SchemaStore, override: tuple[int, bytes] | None, reason: str
+) -> None:
+    endpoint_id = "fal-ai/no-such-model"
+    if override:
+        fal.overrides[endpoint_id] = override
+    with pytest.raises(SchemaUnavailable) as caught:
+        store.get(endpoint_id)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{endpoint_id}: could not fetch its OpenAPI schema from {fal.url}")
+    assert f"{reason})" in message and message.endswith("run once online or check the endpoint id")
+    assert not (store.cache_dir / safe_name(endpoint_id)).exists()
+
+
+def test_unreachable_server_is_schema_unavailable(fal: SchemaServer, tmp_path: Path) -> None:
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    url = f"http://127.0.0.1:{closed.server_address[1]}"
+    closed.server_close()
+    with pytest.raises(SchemaUnavailable, match="ConnectError"):
+        SchemaStore(url, tmp_path / "cache", timeout_s=2).get(VEO)
+
+
+def test_sha256_is_stable(fal: SchemaServer, store: SchemaStore, tmp_path: Path) -> None:
+    fetched = store.get(VEO).sha256
+    cached = SchemaStore(fal.url, tmp_path / "cache", offline=True).get(VEO).sha256
+    reordered = dict(reversed(list(_document(VEO).items())))
+    assert fetched == cached == EndpointSchema(VEO, reordered).sha256
+    assert (
+        fetched
+        == EndpointSchema(VEO, _document(VEO)).sha256
+        == hashlib.sha256(
+            json.dumps(_document(VEO), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
+    )
+    changed = _document(VEO)
+    changed["info"]["version"] = "2.0.0"
+    assert EndpointSchema(VEO, changed).sha256 != fetched
+
+
+def test_registered_document_wins_over_fetch(fal: SchemaServer, store: SchemaStore) -> None:
+    document = _document(VEO)
+    document["components"]["schemas"]["Veo31Input"]["properties"]["duration"]["enum"] = ["2s"]
+    store.register(VEO, document)
+    assert store.get(VEO).allowed_values("duration") == ["2s"]
+    assert fal.requests == []
+
+
+def test_safe_name_never_leaves_the_cache_dir() -> None:
+    assert safe_name(KLING_V3_I2V) == "fal-ai__kling-video__v3__pro__image-to-video"
+    for hostile in ("..", ".", "../../etc/passwd", "a/../../b", ""):
+        name = safe_name(hostile)
+        assert "/" not in name and name not in ("", ".", "..") and not name.startswith(".")
+
+
+# ---------------------------------------------------------------- synthetic documents
+
+
+def _synthetic() -> dict:
+    schemas = {
+        "DrawInput": {
+            "type": "object",
+            "required": ["prompt"],
+            "properties": {
+                "prompt": {"type": "string"},
+                "points": {"type": "array", "items": {"$ref": "#/components/schemas/TrackPoint"}},
+                "style": {"type": "string", "enum": ["a", "b"], "nullable": True},
+            },
+        },
+        "DrawOutput": {"type": "object", "properties": {"video": {"$ref": "#/components/schemas/File"}}},
+    }
+    return {"openapi": "3.0.4", "paths": {}, "components": {"schemas": schemas}}
+
+
+def test_missing_ref_target_is_tolerated() -> None:
+    # No `paths` entry either: the input schema is found as the one unreferenced `*Input`.
+    schema = EndpointSchema("acme/draw", _synthetic())
+    assert schema.input_name == "DrawInput"
+    assert sorted(schema.missing_refs) == ["#/components/schemas/File", "#/components/schemas/TrackPoint"]
+    assert schema.validate({"prompt": "p", "points": [{"x": 1}, 2]}) == []
+    assert schema.unknown_keys({"prompt": "p", "points": [{"x": 1}]}) == []
+    points = schema.document["components"]["schemas"]["DrawInput"]["properties"]["points"]
+    assert points["items"] == {"$ref": "#/components/schemas/TrackPoint"}  # the document is left alone
+
+
+def test_openapi30_nullable_also_accepts_null() -> None:
+    schema = EndpointSchema("acme/draw", _synthetic())
+    assert schema.validate({"prompt": "p", "style": None}) == []
+    [issue] = schema.validate({"prompt": "p", "style": "c"})
+    assert issue == SchemaIssue("style", "'c' is not one of 'a', 'b'", ["a", "b"])
+    assert schema.allowed_values("style") == ["a", "b"]
+    # The published document itself is left as it was.
+    assert schema.document["components"]["schemas"]["DrawInput"]["properties"]["style"]["nullable"] is True
+
+
+# ---------------------------------------------------------------- local files against x-fal limits
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    Image.new("RGB", (width, height), (90, 120, 150)).save(path)
+    return path
+
+
+def test_file_limits_come_from_x_fal(store: SchemaStore) -> None:
+    limits = store.get(KLING_V3_I2V).file_limits("start_image_url")
+    assert limits["max_file_size"] == 10485760 and limits["min_width"] == 300
+    assert limits["min_aspect_ratio"] == 0.4 and limits["max_aspect_ratio"] == 2.5
+    assert store.get(KLING_V3_I2V).file_limits("end_image_url") == limits  # inside anyOf
+    assert store.get(KLING_O3_REF).file_limits("image_urls")["min_height"] == 300  # array items
+    assert store.get(KLING_V3_I2V).file_limits("elements[0].video_url")["min_fps"] == 24
+    assert store.get(VEO).file_limits("prompt") == {}
+
+
+def test_small_image_fails_with_file_name_and_limit(store: SchemaStore, tmp_path: Path) -> None:
+    image = _png(tmp_path / "shot-01-ff.png", 200, 150)
+    [issue] = store.get(KLING_V3_I2V).check_local_file("start_image_url", image)
+    assert issue.path == "start_image_url"
+    expected = f"shot-01-ff.png is 200x150; {KLING_V3_I2V} start_image_url needs at least 300x300"
+    assert issue.message == expected
+
+
+def test_good_image_passes(store: SchemaStore, tmp_path: Path) -> None:
+    image = _png(tmp_path / "shot-01-ff.png", 1280, 720)
+    assert store.get(KLING_V3_I2V).check_local_file("start_image_url", image) == []
+    assert store.get(KLING_O3_REF).check_local_file("image_urls", image) == []
+
+
+def test_extreme_aspect_ratio_fails(store: SchemaStore, tmp_path: Path) -> None:
+    image = _png(tmp_path / "wide.png", 1600, 400)
+    [issue] = store.get(KLING_V3_I2V).check_local_file("start_image_url", image)
+    assert "wide.png is 1600x400 (aspect 4.00)" in issue.message and "between 0.4 and 2.5" in issue.message
+
+
+def test_oversize_file_fails_before_upload(store: SchemaStore, tmp_path: Path) -> None:
+    image = _png(tmp_path / "huge.png", 1280, 720)
+    with image.open("r+b") as handle:  # sparse tail: the header still reads, the size is 10 MB + 1
+        handle.truncate(10485760 + 1)
+    [issue] = store.get(KLING_V3_I2V).check_local_file("start_image_url", image)
+    assert issue.message.startswith("huge.png is 10.0 MB (10485761 bytes)")
+    assert issue.message.endswith(f"{KLING_V3_I2V} start_image_url allows at most 10.0 MB")
+
+
+def test_oversize_against_a_patched_limit(tmp_path: Path) -> None:
+    document = copy.deepcopy(_document(KLING_V3_I2V))
+    schemas = document["components"]["schemas"]
+    prop = schemas["KlingVideoV3ProImageToVideoInput"]["properties"]["start_image_url"]
+    prop["x-fal"]["max_file_size"] = 100
+    image = _png(tmp_path / "shot-02-ff.png", 1280, 720)
+    [issue] = EndpointSchema(KLING_V3_I2V, document).check_local_file("start_image_url", image)
+    assert "shot-02-ff.png" in issue.message and issue.message.endswith("allows at most 100 bytes")
+
+
+def test_missing_and_unreadable_files_are_issues(store: SchemaStore, tmp_path: Path) -> None:
+    schema = store.get(KLING_V3_I2V)
+    [missing] = schema.check_local_file("start_image_url", tmp_path / "nope.png")
+    assert "nope.png: file not found" in missing.message
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    [unreadable] = schema.check_local_file("start_image_url", junk)
+    assert unreadable.message.startswith("junk.png cannot be read as an image")
+
+
+def test_video_limits_use_duration_fps_and_size(store: SchemaStore, tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    clip = tmp_path / "tiny.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(10):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (64, 64), (200, 30, 30)))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    messages = [i.message for i in store.get(KLING_O3_EDIT).check_local_file("video_url", clip)]
+    assert len(messages) == 3, messages
+    assert messages[0] == f"tiny.mp4 is 64x64; {KLING_O3_EDIT} video_url needs at least 720x720"
+    assert messages[1].startswith("tiny.mp4 is 1 s long") and messages[1].endswith("needs at least 3 s")
+    assert messages[2] == f"tiny.mp4 runs at 10 fps; {KLING_O3_EDIT} video_url needs at least 24 fps"
