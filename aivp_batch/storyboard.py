@@ -9,6 +9,7 @@ stopping the whole storyboard.
 
 from __future__ import annotations
 
+import math
 import re
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -144,7 +145,7 @@ def parse_duration(text: str | float | None) -> float | None:
             return None
         match = re.match(r"^(\d+(?:\.\d+)?)\s*(?:s|secs?|seconds?|秒)?(?=$|[\s(,;~])", value, re.IGNORECASE)
         seconds = float(match.group(1)) if match else 0.0
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"bad duration {text!r} (expected seconds, e.g. 5s)")
     return seconds
 
@@ -475,7 +476,7 @@ def _frame(project: Path, name: str) -> Path | None:
     path = project / FRAMES_DIR / name
     if not path.is_file():
         return None
-    return resolve_in_project(project, path, (FRAMES_DIR / name).as_posix())
+    return resolve_in_project(project, FRAMES_DIR / name, (FRAMES_DIR / name).as_posix())
 
 
 def _name_key(name: str) -> str:

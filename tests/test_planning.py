@@ -145,7 +145,7 @@ def test_invalid_value_names_shot_endpoint_field_and_allowed(compose_cfg, projec
     with pytest.raises(PayloadInvalid) as err:
         validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
     assert "shot-01: model=veo31 endpoint=fal-ai/veo3.1/fast field resolution" in str(err.value)
-    assert "720p, 1080p, 4k" in str(err.value)
+    assert "'720p', '1080p', '4k'" in str(err.value)
 
 
 def test_small_keyframe_fails_x_fal_limits_before_upload(compose_cfg, tmp_path) -> None:

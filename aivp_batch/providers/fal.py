@@ -231,12 +231,14 @@ class FalProvider(Provider):
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
         # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
-        self._http = httpx.AsyncClient(limits=limits, headers=headers,
-                                       timeout=httpx.Timeout(120.0, connect=30.0, pool=None))
+        self._http = httpx.AsyncClient(
+            limits=limits, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
+        )
         # Streams hold a connection for a whole job, so they get their own pool and never starve
         # submits and downloads; when all stream slots are taken a wait polls instead.
-        self._sse = httpx.AsyncClient(limits=limits, headers=headers,
-                                      timeout=httpx.Timeout(60.0, connect=30.0, pool=None))
+        self._sse = httpx.AsyncClient(
+            limits=limits, headers=headers, timeout=httpx.Timeout(60.0, connect=30.0, pool=None)
+        )
         self._stream_slots = asyncio.Semaphore(max_connections)
         self._token: tuple[str, str, float] | None = None  # (type, token, expires epoch)
         self._token_lock = asyncio.Lock()
@@ -265,15 +267,24 @@ class FalProvider(Provider):
     def _retrying(self, kind: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            return self.retry.delay(state.attempt_number, exc.retry_after if isinstance(exc, _Retry) else None)
+            return self.retry.delay(
+                state.attempt_number, exc.retry_after if isinstance(exc, _Retry) else None
+            )
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning(self._clean(f"fal {kind}: {_describe(exc)}; retry {state.attempt_number} in {delay:.2f}s"))
+            log.warning(
+                self._clean(f"fal {kind}: {_describe(exc)}; retry {state.attempt_number} in {delay:.2f}s")
+            )
 
-        return AsyncRetrying(stop=stop_after_attempt(max(1, self.retry.attempts)), wait=wait,
-                             retry=retry_if_exception(retry_on), before_sleep=before_sleep, reraise=True)
+        return AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.retry.attempts)),
+            wait=wait,
+            retry=retry_if_exception(retry_on),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
     async def _call(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One idempotent request with transient failures retried; exhaustion → TransientError."""
@@ -283,8 +294,9 @@ class FalProvider(Provider):
                     response = await self._http.request(method, url, **kwargs)
                     _raise_if_transient(response, kind)
         except (_Retry, httpx.TransportError) as exc:
-            raise TransientError(self._clean(
-                f"fal {kind} failed after {self.retry.attempts} attempts: {_describe(exc)}")) from None
+            raise TransientError(
+                self._clean(f"fal {kind} failed after {self.retry.attempts} attempts: {_describe(exc)}")
+            ) from None
         return response
 
     def complete_urls(self, sub: Submission) -> Submission:
@@ -292,8 +304,12 @@ class FalProvider(Provider):
         if sub.status_url and sub.response_url and sub.cancel_url:
             return sub
         base = f"{self.queue_url}/{app_id(sub.endpoint)}/requests/{sub.request_id}"
-        return replace(sub, status_url=sub.status_url or f"{base}/status",
-                       response_url=sub.response_url or base, cancel_url=sub.cancel_url or f"{base}/cancel")
+        return replace(
+            sub,
+            status_url=sub.status_url or f"{base}/status",
+            response_url=sub.response_url or base,
+            cancel_url=sub.cancel_url or f"{base}/cancel",
+        )
 
     def attach(self, data: dict[str, Any]) -> Submission:
         return self.complete_urls(Submission.from_dict(data))
@@ -312,18 +328,25 @@ class FalProvider(Provider):
             headers["X-Fal-Request-Timeout"] = f"{self.start_timeout:g}"
 
         def safe_to_retry(exc: BaseException) -> bool:
-            return isinstance(exc, _SAFE_SUBMIT_ERRORS) or (isinstance(exc, _Retry) and exc.status_code == 429)
+            return isinstance(exc, _SAFE_SUBMIT_ERRORS) or (
+                isinstance(exc, _Retry) and exc.status_code == 429
+            )
 
         unknown = f"{endpoint}: submit outcome unknown, fal may have accepted (and billed) the request"
         try:
             async for attempt in self._retrying("submit", safe_to_retry):
                 with attempt:
-                    response = await self._http.post(f"{self.queue_url}/{endpoint}", json=payload, headers=headers)
+                    response = await self._http.post(
+                        f"{self.queue_url}/{endpoint}", json=payload, headers=headers
+                    )
                     _raise_if_transient(response, "submit")
         except (_Retry, *_SAFE_SUBMIT_ERRORS) as exc:
-            raise TransientError(self._clean(
-                f"{endpoint}: submit not accepted ({_describe(exc)}) after {self.retry.attempts} attempts; "
-                "nothing was queued")) from None
+            raise TransientError(
+                self._clean(
+                    f"{endpoint}: submit not accepted ({_describe(exc)}) after "
+                    f"{self.retry.attempts} attempts; nothing was queued"
+                )
+            ) from None
         except httpx.TransportError as exc:
             raise TransientError(self._clean(f"{unknown} ({_describe(exc)})")) from None
         code = response.status_code
@@ -332,16 +355,23 @@ class FalProvider(Provider):
         if code >= 500 or code == 408:
             raise TransientError(self._clean(f"{unknown} (HTTP {code})"))
         if code >= 400:
-            raise RequestFailed(self._clean(f"submit rejected: {failure_message(endpoint, response)}"),
-                                status_code=code)
+            raise RequestFailed(
+                self._clean(f"submit rejected: {failure_message(endpoint, response)}"), status_code=code
+            )
         try:
             data = response.json()
             request_id = str(data["request_id"])
         except (ValueError, KeyError, TypeError):
             raise TransientError(f"{unknown} (HTTP {code} without a request id)") from None
-        return self.complete_urls(Submission(
-            request_id=request_id, endpoint=endpoint, status_url=data.get("status_url"),
-            response_url=data.get("response_url"), cancel_url=data.get("cancel_url")))
+        return self.complete_urls(
+            Submission(
+                request_id=request_id,
+                endpoint=endpoint,
+                status_url=data.get("status_url"),
+                response_url=data.get("response_url"),
+                cancel_url=data.get("cancel_url"),
+            )
+        )
 
     # ------------------------------------------------------------------ wait
     async def wait(self, submission: Submission, on_status: StatusCallback | None = None) -> Outcome:
@@ -357,8 +387,10 @@ class FalProvider(Provider):
             except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
                 log.debug(self._clean(f"cancel of {sub.request_id} after timeout failed: {exc}"))
             raise RequestFailed(
-                f"{sub.endpoint}: timed out after {self.client_timeout:g}s; cancelled request {sub.request_id}",
-                request_id=sub.request_id) from None
+                f"{sub.endpoint}: timed out after {self.client_timeout:g}s; "
+                f"cancelled request {sub.request_id}",
+                request_id=sub.request_id,
+            ) from None
 
     async def _wait(self, sub: Submission, on_status: StatusCallback | None) -> Outcome:
         progress = _Progress(on_status)
@@ -386,14 +418,18 @@ class FalProvider(Provider):
                 return None
             except (httpx.TransportError, SSEError, ValueError) as exc:
                 reason = _describe(exc)
-            log.info(self._clean(f"fal stream for {sub.request_id}: {reason} (open {attempt}/{_STREAM_OPENS})"))
+            log.info(
+                self._clean(f"fal stream for {sub.request_id}: {reason} (open {attempt}/{_STREAM_OPENS})")
+            )
             if attempt < _STREAM_OPENS:
                 await asyncio.sleep(self.retry.delay(attempt, retry_after))
         return None
 
     async def _stream_once(self, sub: Submission, progress: _Progress) -> dict[str, Any] | None:
         url = f"{sub.status_url}/stream"
-        async with aconnect_sse(self._sse, "GET", url, params={"logs": "1"}, headers=self._key_headers()) as es:
+        async with aconnect_sse(
+            self._sse, "GET", url, params={"logs": "1"}, headers=self._key_headers()
+        ) as es:
             response = es.response
             if response.status_code != 200:
                 await response.aread()
@@ -412,17 +448,25 @@ class FalProvider(Provider):
     async def _poll_until_completed(self, sub: Submission, progress: _Progress) -> dict[str, Any]:
         assert sub.status_url
         while True:
-            response = await self._call("status", "GET", sub.status_url, params={"logs": "1"},
-                                        headers=self._key_headers())
+            response = await self._call(
+                "status", "GET", sub.status_url, params={"logs": "1"}, headers=self._key_headers()
+            )
             code = response.status_code
             if code in (401, 403):
                 raise self._auth_error(response)
             if code == 404:
-                raise RequestFailed(f"{sub.endpoint}: request {sub.request_id} not found at fal "
-                                    "(wrong id, or its result expired)", request_id=sub.request_id, status_code=404)
+                raise RequestFailed(
+                    f"{sub.endpoint}: request {sub.request_id} not found at fal "
+                    "(wrong id, or its result expired)",
+                    request_id=sub.request_id,
+                    status_code=404,
+                )
             if code not in (200, 202):
-                raise RequestFailed(self._clean(failure_message(sub.endpoint, response)),
-                                    request_id=sub.request_id, status_code=code)
+                raise RequestFailed(
+                    self._clean(failure_message(sub.endpoint, response)),
+                    request_id=sub.request_id,
+                    status_code=code,
+                )
             try:
                 data = response.json()
             except ValueError:
@@ -439,22 +483,32 @@ class FalProvider(Provider):
         if code in (401, 403):
             raise self._auth_error(response)
         if not response.is_success:
-            raise RequestFailed(self._clean(failure_message(sub.endpoint, response, status)),
-                                request_id=sub.request_id, status_code=code)
+            raise RequestFailed(
+                self._clean(failure_message(sub.endpoint, response, status)),
+                request_id=sub.request_id,
+                status_code=code,
+            )
         try:
             output = response.json()
             video_url = output["video"]["url"]
         except (ValueError, KeyError, TypeError):
-            raise RequestFailed(f"{sub.endpoint}: result of {sub.request_id} has no video.url",
-                                request_id=sub.request_id, status_code=code) from None
+            raise RequestFailed(
+                f"{sub.endpoint}: result of {sub.request_id} has no video.url",
+                request_id=sub.request_id,
+                status_code=code,
+            ) from None
         seed = output.get("seed")
         timings = progress.timings()
         inference = (status.get("metrics") or {}).get("inference_time")
         if isinstance(inference, int | float):
             timings["inference_s"] = float(inference)
-        return Outcome(output=output, video_url=str(video_url),
-                       seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-                       billed_units=None, timings=timings)
+        return Outcome(
+            output=output,
+            video_url=str(video_url),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            billed_units=None,
+            timings=timings,
+        )
 
     # ------------------------------------------------------------------ files
     async def download(self, url: str, dest: Path) -> int:
@@ -467,8 +521,10 @@ class FalProvider(Provider):
                 if not response.is_success:
                     await response.aread()
                     _raise_if_transient(response, "download")
-                    raise RequestFailed(f"download of {url} failed: HTTP {response.status_code}",
-                                        status_code=response.status_code)
+                    raise RequestFailed(
+                        f"download of {url} failed: HTTP {response.status_code}",
+                        status_code=response.status_code,
+                    )
                 with dest.open("wb") as f:
                     async for chunk in response.aiter_bytes(1 << 16):
                         f.write(chunk)
@@ -482,8 +538,9 @@ class FalProvider(Provider):
                 with attempt:
                     size = await once()
         except (_Retry, httpx.TransportError) as exc:
-            raise TransientError(f"download of {url} failed after {self.retry.attempts} attempts: "
-                                 f"{_describe(exc)}") from None
+            raise TransientError(
+                f"download of {url} failed after {self.retry.attempts} attempts: {_describe(exc)}"
+            ) from None
         return size
 
     async def upload(self, path: Path) -> str:
@@ -498,24 +555,33 @@ class FalProvider(Provider):
     async def _upload_file(self, path: Path) -> str:
         size = path.stat().st_size
         if size > MAX_SINGLE_UPLOAD:
-            raise RequestFailed(f"{path.name}: {size} bytes is over fal's single-upload limit "
-                                f"({MAX_SINGLE_UPLOAD} bytes); multipart upload is not supported")
+            raise RequestFailed(
+                f"{path.name}: {size} bytes is over fal's single-upload limit "
+                f"({MAX_SINGLE_UPLOAD} bytes); multipart upload is not supported"
+            )
         data = await asyncio.to_thread(path.read_bytes)  # ≤ 100 MiB, usually a frame image
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         for refresh in (False, True):
             token_type, token = await self._storage_token(refresh=refresh)
-            headers = {"Authorization": f"{token_type} {token}", "Content-Type": content_type,
-                       "X-Fal-File-Name": path.name}
-            response = await self._call("upload", "POST", f"{self.cdn_url}/files/upload", content=data,
-                                        headers=headers)
+            headers = {
+                "Authorization": f"{token_type} {token}",
+                "Content-Type": content_type,
+                "X-Fal-File-Name": path.name,
+            }
+            response = await self._call(
+                "upload", "POST", f"{self.cdn_url}/files/upload", content=data, headers=headers
+            )
             if response.status_code not in (401, 403):
                 break  # else the cached token was revoked or expired early: fetch a new one once
         if response.status_code in (401, 403):
-            raise AuthError(f"fal storage refused the upload token (HTTP {response.status_code}); {HOW_TO_SET}")
+            raise AuthError(
+                f"fal storage refused the upload token (HTTP {response.status_code}); {HOW_TO_SET}"
+            )
         if not response.is_success:
-            raise RequestFailed(self._clean(f"upload of {path.name} failed: "
-                                            f"{failure_message('fal storage', response)}"),
-                                status_code=response.status_code)
+            raise RequestFailed(
+                self._clean(f"upload of {path.name} failed: {failure_message('fal storage', response)}"),
+                status_code=response.status_code,
+            )
         try:
             return str(response.json()["access_url"])
         except (ValueError, KeyError, TypeError):
@@ -526,14 +592,21 @@ class FalProvider(Provider):
         async with self._token_lock:
             if self._token and not refresh and self._token[2] > time.time() + 30:
                 return self._token[0], self._token[1]
-            response = await self._call("token", "POST", f"{self.rest_url}/storage/auth/token",
-                                        params={"storage_type": "fal-cdn-v3"}, json={},
-                                        headers=self._key_headers())
+            response = await self._call(
+                "token",
+                "POST",
+                f"{self.rest_url}/storage/auth/token",
+                params={"storage_type": "fal-cdn-v3"},
+                json={},
+                headers=self._key_headers(),
+            )
             if response.status_code in (401, 403):
                 raise self._auth_error(response)
             if not response.is_success:
-                raise RequestFailed(self._clean(f"storage token: {failure_message('fal', response)}"),
-                                    status_code=response.status_code)
+                raise RequestFailed(
+                    self._clean(f"storage token: {failure_message('fal', response)}"),
+                    status_code=response.status_code,
+                )
             data = response.json()
             try:
                 expires = datetime.fromisoformat(str(data["expires_at"]).replace("Z", "+00:00")).timestamp()
@@ -553,8 +626,11 @@ class FalProvider(Provider):
             return
         if code in (401, 403):
             raise self._auth_error(response)
-        raise RequestFailed(self._clean(f"cancel of {sub.request_id}: {failure_message(sub.endpoint, response)}"),
-                            request_id=sub.request_id, status_code=code)
+        raise RequestFailed(
+            self._clean(f"cancel of {sub.request_id}: {failure_message(sub.endpoint, response)}"),
+            request_id=sub.request_id,
+            status_code=code,
+        )
 
 
 class _StreamUnusable(Exception):
@@ -575,4 +651,8 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text and not isinstance(exc, _Retry) else (text or type(exc).__name__)
+    return (
+        f"{type(exc).__name__}: {text}"
+        if text and not isinstance(exc, _Retry)
+        else (text or type(exc).__name__)
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import colorsys
+import contextlib
 import json
 import queue
 import re
@@ -478,15 +479,17 @@ def _encode(
         audio = out.add_stream("aac", rate=_AUDIO_RATE, layout="mono")
         video_tb, audio_tb = Fraction(1, fps), Fraction(1, _AUDIO_RATE)
         samples_done = 0
-        for i, frame in enumerate(_prefetch(_to_yuv(frames))):
-            if stop is not None and stop.is_set():
-                raise _Stopped
-            frame.pts, frame.time_base = i, video_tb
-            out.mux(video.encode(frame))
-            # Audio follows the video frame by frame so the two tracks end together.
-            target = round((i + 1) * _AUDIO_RATE / fps)
-            out.mux(audio.encode(_silence(samples_done, target - samples_done, audio_tb)))
-            samples_done = target
+        # closing(): an early exit (cancel, error) stops the frame-making thread right away.
+        with contextlib.closing(_prefetch(_to_yuv(frames))) as yuv_frames:
+            for i, frame in enumerate(yuv_frames):
+                if stop is not None and stop.is_set():
+                    raise _Stopped
+                frame.pts, frame.time_base = i, video_tb
+                out.mux(video.encode(frame))
+                # Audio follows the video frame by frame so the two tracks end together.
+                target = round((i + 1) * _AUDIO_RATE / fps)
+                out.mux(audio.encode(_silence(samples_done, target - samples_done, audio_tb)))
+                samples_done = target
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
 

@@ -15,6 +15,7 @@ with the server. Faults are scripted, deterministic and counted (`FaultPlan`).
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import hashlib
 import json
@@ -39,8 +40,19 @@ from urllib.parse import parse_qs, urlsplit
 
 CALL_KINDS = ("submit", "status", "stream", "result", "cancel", "upload", "token", "download", "schema")
 FAULT_KINDS = frozenset(
-    {"429", "ingress_502", "ingress_503", "ingress_504", "reset", "reset_before", "reset_after",
-     "truncate", "slow", "fail_generation", "timeout_504"}
+    {
+        "429",
+        "ingress_502",
+        "ingress_503",
+        "ingress_504",
+        "reset",
+        "reset_before",
+        "reset_after",
+        "truncate",
+        "slow",
+        "fail_generation",
+        "timeout_504",
+    }
 )
 # Namespaces whose app id has three segments (fal's AppId.from_endpoint_id).
 _THREE_SEGMENT_NAMESPACES = ("workflows", "comfy")
@@ -239,8 +251,14 @@ def make_mp4(path: Path, duration_s: float, size: int = 64, fps: int = 24) -> No
         audio.layout = "stereo"
         ramp = np.linspace(0, 255, size, dtype=np.uint8)
         for i in range(max(1, round(duration_s * fps))):
-            img = np.stack([np.tile(ramp, (size, 1)), np.full((size, size), (i * 7) % 256, np.uint8),
-                            np.tile(ramp[:, None], (1, size))], axis=-1)
+            img = np.stack(
+                [
+                    np.tile(ramp, (size, 1)),
+                    np.full((size, size), (i * 7) % 256, np.uint8),
+                    np.tile(ramp[:, None], (1, size)),
+                ],
+                axis=-1,
+            )
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = i
             out.mux(video.encode(frame))
@@ -276,6 +294,35 @@ def pad_mp4(src: Path, dest: Path, target_bytes: int) -> None:
         while left > 0:
             f.write(zeros[: min(left, _CHUNK)])
             left -= _CHUNK
+
+
+_clip_lock = threading.Lock()
+_clip_dir: Path | None = None
+_clips: dict[tuple[float, int | None], Path] = {}
+
+
+def clip_for(duration_s: float, size_bytes: int | None = None) -> Path:
+    """A generated clip per (duration, padded size), cached for the whole process.
+
+    Encoding takes ~0.5 s per clip, and a test suite starts many servers: generate each once.
+    """
+    global _clip_dir
+    key = (duration_s, size_bytes)
+    with _clip_lock:
+        if key not in _clips:
+            if _clip_dir is None:
+                _clip_dir = Path(tempfile.mkdtemp(prefix="fakefal-clips-"))
+                atexit.register(shutil.rmtree, _clip_dir, True)
+            plain = _clips.get((duration_s, None))
+            if plain is None:
+                plain = _clip_dir / f"clip-{duration_s:g}s.mp4"
+                make_mp4(plain, duration_s)
+                _clips[(duration_s, None)] = plain
+            if size_bytes:
+                padded = _clip_dir / f"clip-{duration_s:g}s-{size_bytes}.mp4"
+                pad_mp4(plain, padded, size_bytes)
+                _clips[key] = padded
+        return _clips[key]
 
 
 # --------------------------------------------------------------------------- stats
@@ -335,9 +382,8 @@ class FakeFal:
         self.jobs: dict[str, Job] = {}
         self._host, self._port = host, port
         self._lock = threading.Lock()
-        self._media_lock = threading.Lock()
+        self._catalog_lock = threading.Lock()
         self._tokens: dict[str, float] = {}
-        self._videos: dict[tuple[float, int | None], Path] = {}
         self._catalog: list[dict[str, Any]] | None = None
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
@@ -350,8 +396,9 @@ class FakeFal:
         (self._tmp / "up").mkdir()
         self._httpd = _Server((self._host, self._port), _Handler)
         self._httpd.fal = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="FakeFal", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeFal", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -399,14 +446,26 @@ class FakeFal:
         now = time.monotonic()
         queue_s = self.latency_s * self.queue_fraction
         run_end = now + self.latency_s
-        timeline = [_Event(now + queue_s * i / (self.queue_depth + 1), "IN_QUEUE", self.queue_depth - i)
-                    for i in range(self.queue_depth + 1)]
-        job = Job(id=str(uuid.uuid4()), app=app_id(endpoint), endpoint=endpoint, payload=payload,
-                  headers=headers, seed=_seed_of(payload), timeline=timeline)
+        timeline = [
+            _Event(now + queue_s * i / (self.queue_depth + 1), "IN_QUEUE", self.queue_depth - i)
+            for i in range(self.queue_depth + 1)
+        ]
+        job = Job(
+            id=str(uuid.uuid4()),
+            app=app_id(endpoint),
+            endpoint=endpoint,
+            payload=payload,
+            headers=headers,
+            seed=_seed_of(payload),
+            timeline=timeline,
+        )
         if fault and fault.kind == "timeout_504":  # never got a runner: stays queued, then 504
             job.error = ("Request timed out", "startup_timeout")
-            job.failure = (504, {"detail": "Request timed out", "error_type": "startup_timeout"},
-                           {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "startup_timeout"})
+            job.failure = (
+                504,
+                {"detail": "Request timed out", "error_type": "startup_timeout"},
+                {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "startup_timeout"},
+            )
             timeline.append(_Event(run_end, "COMPLETED", logs=(_log("Request timed out", run_end, "ERROR"),)))
             return self._register(job, payload)
         start = now + queue_s
@@ -416,8 +475,9 @@ class FakeFal:
         if fault and fault.kind == "fail_generation":
             job.error = (fault.message, fault.error_type)
             if fault.status_code == 422:
-                body: dict[str, Any] = {"detail": [{"loc": ["body", "prompt"], "msg": fault.message,
-                                                    "type": fault.error_type}]}
+                body: dict[str, Any] = {
+                    "detail": [{"loc": ["body", "prompt"], "msg": fault.message, "type": fault.error_type}]
+                }
             else:
                 body = {"detail": fault.message, "error_type": fault.error_type}
             job.failure = (fault.status_code, body, {"X-Fal-Error-Type": fault.error_type})
@@ -444,8 +504,11 @@ class FakeFal:
             job.cancelled = True
             message = "Request cancelled by the client"
             job.error = (message, "client_cancelled")
-            job.failure = (499, {"detail": message, "error_type": "client_cancelled"},
-                           {"X-Fal-Error-Type": "client_cancelled"})
+            job.failure = (
+                499,
+                {"detail": message, "error_type": "client_cancelled"},
+                {"X-Fal-Error-Type": "client_cancelled"},
+            )
         job.wake.set()
         return True
 
@@ -460,28 +523,15 @@ class FakeFal:
             return self._tokens.get(token, 0) > time.time()
 
     def video_for(self, job: Job) -> Path:
-        """The MP4 served for `job`: the given file, or a generated one per duration (cached)."""
+        """The MP4 served for `job`: the given file, or a generated one for the payload's duration."""
         if self.video:
             return self.video
         duration = parse_duration(job.payload.get("duration") if isinstance(job.payload, dict) else None)
-        key = (duration, self.video_size_bytes)
-        with self._media_lock:
-            if key not in self._videos:
-                assert self._tmp
-                plain = self._videos.get((duration, None))
-                if plain is None:
-                    plain = self._tmp / f"clip-{duration:g}s.mp4"
-                    make_mp4(plain, duration)
-                    self._videos[(duration, None)] = plain
-                if self.video_size_bytes:
-                    padded = self._tmp / f"clip-{duration:g}s-{self.video_size_bytes}.mp4"
-                    pad_mp4(plain, padded, self.video_size_bytes)
-                    self._videos[key] = padded
-            return self._videos[key]
+        return clip_for(duration, self.video_size_bytes)
 
     def catalog(self) -> list[dict[str, Any]]:
         """Every schema document in schemas_dir, with its catalog metadata (loaded once)."""
-        with self._media_lock:
+        with self._catalog_lock:
             if self._catalog is None:
                 self._catalog = _load_catalog(self.schemas_dir)
             return self._catalog
@@ -513,10 +563,15 @@ def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
         info = doc.get("info", {})
         fal_meta = info.get("x-fal-metadata", {})
         endpoint_id = fal_meta.get("endpointId") or path.stem.replace("__", "/")
-        metadata = dict(meta.get(endpoint_id, {}).get("metadata") or {
-            "display_name": endpoint_id, "category": fal_meta.get("category"),
-            "description": info.get("description", ""), "status": "active",
-        })
+        metadata = dict(
+            meta.get(endpoint_id, {}).get("metadata")
+            or {
+                "display_name": endpoint_id,
+                "category": fal_meta.get("category"),
+                "description": info.get("description", ""),
+                "status": "active",
+            }
+        )
         models.append({"endpoint_id": endpoint_id, "metadata": metadata, "openapi": doc})
     return models
 
@@ -628,8 +683,14 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
         return f"http://{host}"
 
-    def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None,
-              request_id: str | None = "") -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+        request_id: str | None = "",
+    ) -> None:
         if self._reset_after:
             raise _Reset
         self.send_response(code)
@@ -642,8 +703,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None,
-              request_id: str | None = "") -> None:
+    def _json(
+        self, code: int, obj: Any, headers: dict[str, str] | None = None, request_id: str | None = ""
+    ) -> None:
         self._send(code, json.dumps(obj).encode(), "application/json", headers, request_id)
 
     def _reset(self) -> None:
@@ -678,8 +740,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(code, html, "text/html", request_id=None)
             raise _Answered
         elif f.kind == "timeout_504" and on != "submit":
-            self._json(504, {"detail": "Request timed out", "error_type": "request_timeout"},
-                       {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "request_timeout"})
+            self._json(
+                504,
+                {"detail": "Request timed out", "error_type": "request_timeout"},
+                {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "request_timeout"},
+            )
             raise _Answered
         elif f.kind == "reset_before" or (f.kind == "reset" and on != "submit"):
             raise _Reset
@@ -810,8 +875,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = self.fal.video_for(job)
         output = {
-            "video": {"url": f"{self.base}/files/{job.id}.mp4", "content_type": "video/mp4",
-                      "file_name": f"{job.id}.mp4", "file_size": path.stat().st_size},
+            "video": {
+                "url": f"{self.base}/files/{job.id}.mp4",
+                "content_type": "video/mp4",
+                "file_name": f"{job.id}.mp4",
+                "file_size": path.stat().st_size,
+            },
             "seed": job.seed,
         }
         self._json(200, output, {"x-fal-billable-units": "1"}, request_id=job.id)
@@ -831,8 +900,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._require_key()
         self._body()
         expires = datetime.now(UTC) + timedelta(seconds=self.fal.token_ttl_s)
-        self._json(200, {"token": self.fal.issue_token(), "token_type": "Bearer", "base_url": self.base,
-                         "expires_at": expires.isoformat()})
+        self._json(
+            200,
+            {
+                "token": self.fal.issue_token(),
+                "token_type": "Bearer",
+                "base_url": self.base,
+                "expires_at": expires.isoformat(),
+            },
+        )
 
     def _upload(self) -> None:
         self._apply_fault("upload")
@@ -918,15 +994,19 @@ class _Handler(BaseHTTPRequestHandler):
                 continue
             if (category and meta.get("category") != category) or (status and meta.get("status") != status):
                 continue
-            hits.append({"endpoint_id": m["endpoint_id"], "metadata": meta,
-                         **({"openapi": m["openapi"]} if expand else {})})
+            hits.append(
+                {
+                    "endpoint_id": m["endpoint_id"],
+                    "metadata": meta,
+                    **({"openapi": m["openapi"]} if expand else {}),
+                }
+            )
         limit = max(1, int(q.get("limit", ["50"])[-1] or 50))
         cursor = q.get("cursor", [""])[-1]
         start = int(base64.b64decode(cursor).decode()) if cursor else 0
         page, more = hits[start : start + limit], start + limit < len(hits)
         next_cursor = base64.b64encode(str(start + limit).encode()).decode() if more else None
         self._json(200, {"models": page, "next_cursor": next_cursor, "has_more": more})
-
 
 
 def _extension(headers: Any) -> str:
@@ -948,8 +1028,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--video-size", type=int, default=None, help="pad served MP4s to this many bytes")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    fal = FakeFal(args.schemas, key=args.key, latency_s=args.latency, host=args.host, port=args.port,
-                  video_size_bytes=args.video_size, verbose=args.verbose)
+    fal = FakeFal(
+        args.schemas,
+        key=args.key,
+        latency_s=args.latency,
+        host=args.host,
+        port=args.port,
+        video_size_bytes=args.video_size,
+        verbose=args.verbose,
+    )
     with fal:
         print(f"fake fal listening on {fal.url} (key {args.key!r}); Ctrl-C to stop", flush=True)
         try:

@@ -1,0 +1,121 @@
+"""The command end to end, as a user runs it: a subprocess, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, FAL_SCHEMAS
+
+from aivp_batch.media import probe
+
+
+def run_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "AIVP_CACHE_DIR": str(cwd / "cache"), **(env or {})}
+    full_env.pop("FAL_KEY", None) if env is None or "FAL_KEY" not in env else None
+    return subprocess.run([sys.executable, "-m", "aivp_batch", f"hydra.run.dir={cwd / 'run'}", *overrides],
+                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    dest = tmp_path / "film"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
+    return dest
+
+
+def test_preview_run_of_the_example_project(film: Path, tmp_path: Path) -> None:
+    proc = run_cli(f"project_dir={film}", "provider=preview", "model=kling_v26", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    clips = sorted((film / "video/clips").glob("*.mp4"))
+    assert [c.name for c in clips] == ["shot-01.mp4", "shot-02.mp4", "shot-03.mp4", "shot-04.mp4"]
+    logs = {p.stem: json.loads(p.read_text()) for p in (film / "video/log").glob("*.json")}
+    for shot_id, log in logs.items():
+        info = probe(film / log["file"])
+        assert log["status"] == "done" and info.duration_s == pytest.approx(int(log["duration"]), abs=0.1)
+        assert info.has_audio and log["schema_sha256"] and log["provider"] == "preview"
+        for key in ("id", "type", "file", "model", "mode", "status", "request_id", "prompt", "seed", "duration",
+                    "aspect_ratio", "input_image", "character_refs", "video_url", "cost_usd", "timestamp",
+                    "endpoint", "tier", "payload", "requested_seed", "seed_returned", "attempts", "timings",
+                    "cost_source", "run_dir"):
+            assert key in log, (shot_id, key)
+    # Kling 2.6 allows 5 or 10 s: the 6 s and 7 s shots are raised to 10, the 4 s one to 5.
+    assert [logs[s]["duration"] for s in sorted(logs)] == ["5", "10", "5", "10"]
+    assert logs["shot-02"]["duration_note"].startswith("raised 6s → 10s")
+    assert {logs[s]["mode"] for s in logs} >= {"I2V", "FLF", "T2V"}
+    plan = (film / "video/plan.md").read_text()
+    assert "| 1 | shot-01 | `video/clips/shot-01.mp4` |" in plan and plan.count("| done |") == 4
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["exit_status"] == 0 and summary["done"] == 4
+    assert (tmp_path / "run/.hydra/config.yaml").exists() and (tmp_path / "run/.hydra/overrides.yaml").exists()
+
+    # Run again: every clip is reused from the journal, nothing re-rendered.
+    again = run_cli(f"project_dir={film}", "provider=preview", "model=kling_v26", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "reused" in again.stdout and json.loads((film / "video/log/shot-01.json").read_text())["reused"]
+
+
+def test_dry_run_against_fal_needs_no_key(film: Path, tmp_path: Path) -> None:
+    from aivp_batch.testing.fal_server import FakeFal
+
+    with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
+        proc = run_cli(f"project_dir={film}", "model=kling_o3", "tier=hero", "dry_run=true",
+                       f"provider.schema_url={fal.url}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert fal.stats.get("submit", 0) == 0
+    assert "fal-ai/kling-video/o3/pro/image-to-video" in proc.stdout and "total" in proc.stdout
+    assert not (film / "video/clips").exists()
+    plan = (tmp_path / "run/plan.txt").read_text()
+    assert plan.count("shot-0") == 4
+
+
+def test_missing_key_is_one_clear_line_and_nothing_spent(film: Path, tmp_path: Path) -> None:
+    from aivp_batch.testing.fal_server import FakeFal
+
+    with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
+        proc = run_cli(f"project_dir={film}", f"provider.schema_url={fal.url}", f"provider.queue_url={fal.url}",
+                       cwd=tmp_path, env={"HOME": str(tmp_path)})
+        assert fal.stats.get("submit", 0) == 0
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("aivp-batch: error: no FAL_KEY found")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=kling_v26", "duration_policy=strict"], "duration 6s is not allowed"),
+    (["shots=[9]"], "no such shot"),
+])
+def test_bad_input_leaves_existing_clips_untouched(film: Path, tmp_path: Path, overrides, message) -> None:
+    clip = film / "video/clips/shot-01.mp4"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"an earlier take")
+    proc = run_cli(f"project_dir={film}", "provider=preview", *overrides, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert clip.read_bytes() == b"an earlier take"
+
+
+def test_unknown_model_is_refused(film: Path, tmp_path: Path) -> None:
+    proc = run_cli(f"project_dir={film}", "provider=preview", "model=nope", cwd=tmp_path)
+    assert proc.returncode != 0 and "model/nope" in proc.stderr
+
+
+def test_broken_shot_file_is_named_and_others_still_render(film: Path, tmp_path: Path) -> None:
+    shot = film / "storyboard/storyboard-final/shots/shot-03.md"
+    shot.write_text("# Shot 3\n\n## Metadata\n\n| Field | Value |\n|---|---|\n| Duration | 4s |\n")
+    proc = run_cli(f"project_dir={film}", "provider=preview", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "storyboard/storyboard-final/shots/shot-03.md: no motion prompt" in proc.stderr
+    assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["shot-01.mp4", "shot-02.mp4",
+                                                                            "shot-04.mp4"]
+
+
+def test_prompt_manifest_single_clip(tmp_path: Path) -> None:
+    proc = run_cli("manifest=prompt", "manifest.prompt=A slow pan across a harbour at dawn",
+                   "provider=preview", "model=veo31", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert probe(tmp_path / "out/clips/clip-01.mp4").duration_s == pytest.approx(6, abs=0.1)

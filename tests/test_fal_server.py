@@ -1,0 +1,264 @@
+"""The fake fal server speaks the protocol of shared/reference/fal-queue-protocol.md, over real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+
+from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan, parse_duration, payload_hash
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "fal-schemas"
+KEY = {"Authorization": "Key test-key"}
+T2V = "fal-ai/kling-video/v3/pro/text-to-video"
+
+
+@pytest.fixture
+def fal() -> Iterator[FakeFal]:
+    with FakeFal(SCHEMAS, latency_s=0.3, keepalive_s=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+def client(fal: FakeFal) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fal.url, timeout=10) as c:
+        yield c
+
+
+def submit(client: httpx.Client, payload: dict | None = None, endpoint: str = T2V) -> dict:
+    r = client.post(f"/{endpoint}", json=payload or {"prompt": "a fox"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_done(client: httpx.Client, sub: dict) -> dict:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        r = client.get(sub["status_url"], headers=KEY)
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.02)
+    raise AssertionError("never completed")
+
+
+def test_submit_returns_app_only_urls_from_the_request_host(fal: FakeFal, client: httpx.Client) -> None:
+    r = client.post(f"/{T2V}", json={"prompt": "x"}, headers={**KEY, "X-Fal-Request-Timeout": "30"})
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "IN_QUEUE"
+    rid = body["request_id"]
+    app_url = f"{fal.url}/fal-ai/kling-video/requests/{rid}"
+    assert body["response_url"] == app_url
+    assert body["status_url"] == f"{app_url}/status"
+    assert body["cancel_url"] == f"{app_url}/cancel"
+    assert isinstance(body["queue_position"], int)
+    assert fal.jobs[rid].headers["X-Fal-Request-Timeout"] == "30"
+    assert fal.stats.calls["submit"] == 1
+    assert fal.stats.submits_by_payload[payload_hash({"prompt": "x"})] == 1
+
+
+def test_workflows_ids_keep_three_segments(client: httpx.Client) -> None:
+    body = submit(client, endpoint="workflows/me/my-flow/run")
+    assert f"/workflows/me/my-flow/requests/{body['request_id']}" in body["status_url"]
+
+
+def test_status_goes_202_then_200_with_logs_and_metrics(client: httpx.Client) -> None:
+    sub = submit(client)
+    first = client.get(sub["status_url"], params={"logs": "0"}, headers=KEY)
+    assert first.status_code == 202 and first.json()["status"] in ("IN_QUEUE", "IN_PROGRESS")
+    assert "logs" in first.json() and first.json()["logs"] is None
+    done = wait_done(client, sub)
+    assert done["status"] == "COMPLETED" and done["metrics"]["inference_time"] > 0
+    for spelling in ("1", "true"):
+        logs = client.get(sub["status_url"], params={"logs": spelling}, headers=KEY).json()["logs"]
+        assert [entry["message"] for entry in logs][-1] == "Generation complete"
+        assert {"message", "level", "source", "timestamp"} <= set(logs[0])
+    assert client.get(sub["status_url"], params={"logs": "false"}, headers=KEY).json()["logs"] is None
+
+
+def test_queue_position_decreases_then_runs(fal: FakeFal, client: httpx.Client) -> None:
+    fal.latency_s = 1.2
+    sub = submit(client)
+    seen = []
+    while (body := client.get(sub["status_url"], headers=KEY).json())["status"] != "COMPLETED":
+        seen.append((body["status"], body.get("queue_position")))
+        time.sleep(0.03)
+    queued = [p for s, p in seen if s == "IN_QUEUE"]
+    assert queued == sorted(queued, reverse=True) and len(set(queued)) > 1
+    assert ("IN_PROGRESS", None) in seen
+
+
+def test_unknown_id_is_404_and_sub_path_is_405(client: httpx.Client) -> None:
+    r = client.get("/fal-ai/kling-video/requests/bogus/status", headers=KEY)
+    assert r.status_code == 404 and r.json() == {"status": "NOT_FOUND"}
+    sub = submit(client)
+    r = client.get(f"/{T2V}/requests/{sub['request_id']}/status", headers=KEY)
+    assert r.status_code == 405
+
+
+def test_auth_401_without_key_403_with_wrong_key(client: httpx.Client) -> None:
+    r = client.post(f"/{T2V}", json={})
+    assert r.status_code == 401 and "detail" in r.json()
+    r = client.post(f"/{T2V}", json={}, headers={"Authorization": "Key wrong"})
+    assert r.status_code == 403
+    assert client.post("/storage/auth/token", headers={"Authorization": "Bearer x"}).status_code == 403
+
+
+def test_sse_stream_sends_each_state_keepalives_and_closes(client: httpx.Client) -> None:
+    sub = submit(client)
+    events, comments = [], 0
+    with client.stream("GET", sub["status_url"] + "/stream", params={"logs": 1}, headers=KEY) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(httpx.Response(200, content=line[6:]).json())
+            elif line.startswith(":"):
+                comments += 1
+    states = [e["status"] for e in events]
+    assert states[-1] == "COMPLETED" and "IN_PROGRESS" in states and states[0] == "IN_QUEUE"
+    assert comments >= 1  # keepalive_s=0.05
+    messages = [log["message"] for e in events for log in e["logs"]]
+    assert messages == ["Starting generation", "Generating: 50%", "Generation complete"]  # only new lines
+
+
+def test_result_before_and_after_completion(client: httpx.Client) -> None:
+    sub = submit(client, {"prompt": "x", "seed": 42, "duration": "2s"})
+    assert client.get(sub["response_url"], headers=KEY).status_code == 400
+    wait_done(client, sub)
+    for url in (sub["response_url"], sub["response_url"] + "/response"):
+        r = client.get(url, headers=KEY)
+        assert r.status_code == 200 and r.headers["x-fal-request-id"] == sub["request_id"]
+        out = r.json()
+        assert out["seed"] == 42 and out["video"]["content_type"] == "video/mp4"
+    video = client.get(out["video"]["url"])
+    assert video.status_code == 200 and int(video.headers["content-length"]) == out["video"]["file_size"]
+
+
+def test_video_duration_follows_the_payload_and_decodes(client: httpx.Client, tmp_path: Path) -> None:
+    assert [parse_duration(v) for v in ("5", "8s", 5, 6.5, None, "junk")] == [5, 8, 5, 6.5, 5, 5]
+    sub = submit(client, {"prompt": "x", "duration": "2s"})
+    wait_done(client, sub)
+    url = client.get(sub["response_url"], headers=KEY).json()["video"]["url"]
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(client.get(url).content)
+    with av.open(str(path)) as container:
+        assert abs(container.duration / 1e6 - 2.0) < 0.1
+        assert {s.type for s in container.streams} == {"video", "audio"}
+        assert sum(1 for _ in container.decode(video=0)) == 48
+
+
+def test_padded_video_has_the_asked_size_and_still_decodes(tmp_path: Path) -> None:
+    with FakeFal(latency_s=0.05, video_size_bytes=3_000_000) as fal, httpx.Client(base_url=fal.url) as c:
+        sub = submit(c, {"prompt": "x", "duration": 2})
+        wait_done(c, sub)
+        out = c.get(sub["response_url"], headers=KEY).json()
+        path = tmp_path / "big.mp4"
+        with c.stream("GET", out["video"]["url"]) as r, path.open("wb") as f:
+            for chunk in r.iter_bytes():
+                f.write(chunk)
+    assert path.stat().st_size == 3_000_000 == out["video"]["file_size"]
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 48
+
+
+def test_cancel_requested_then_completed_with_error(fal: FakeFal, client: httpx.Client) -> None:
+    fal.latency_s = 5
+    sub = submit(client)
+    r = client.put(sub["cancel_url"], headers=KEY)
+    assert r.status_code == 202 and r.json() == {"status": "CANCELLATION_REQUESTED"}
+    status = client.get(sub["status_url"], headers=KEY)
+    assert status.status_code == 200 and status.json()["status"] == "COMPLETED"
+    assert status.json()["error_type"] == "client_cancelled"
+    assert client.get(sub["response_url"], headers=KEY).status_code == 499
+    r = client.put(sub["cancel_url"], headers=KEY)
+    assert r.status_code == 400 and r.json() == {"status": "ALREADY_COMPLETED"}
+    assert client.put("/fal-ai/kling-video/requests/nope/cancel", headers=KEY).status_code == 404
+
+
+def test_storage_token_and_upload(fal: FakeFal, client: httpx.Client) -> None:
+    token = client.post("/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={}, headers=KEY).json()
+    assert token["token_type"] == "Bearer" and token["base_url"] == fal.url and "expires_at" in token
+    data = b"\x89PNG fake image bytes"
+    bad = client.post("/files/upload", content=data, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    r = client.post("/files/upload", content=data, headers={
+        "Authorization": f"Bearer {token['token']}", "Content-Type": "image/png", "X-Fal-File-Name": "ff.png"})
+    url = r.json()["access_url"]
+    digest = hashlib.sha256(data).hexdigest()
+    assert url == f"{fal.url}/files/up/{digest}.png"
+    assert client.get(url).content == data
+    assert fal.stats.uploads_by_hash[digest] == 1 and fal.stats.calls["upload"] == 2
+
+
+def test_schema_endpoint_serves_shared_documents_without_auth(client: httpx.Client) -> None:
+    r = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": T2V})
+    assert r.status_code == 200
+    assert r.json() == httpx.Response(200, content=(SCHEMAS / f"{T2V.replace('/', '__')}.json").read_bytes()).json()
+    assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "no/such"}).status_code == 404
+    assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "../x"}).status_code == 404
+
+
+def test_models_search(client: httpx.Client) -> None:
+    found = client.get("/v1/models", params={"endpoint_id": T2V, "expand": "openapi-3.0"}).json()
+    assert [m["endpoint_id"] for m in found["models"]] == [T2V]
+    assert found["models"][0]["openapi"]["info"]["x-fal-metadata"]["endpointId"] == T2V
+    assert found["has_more"] is False and found["next_cursor"] is None
+    veo = client.get("/v1/models", params={"q": "veo", "category": "image-to-video"}).json()["models"]
+    assert veo and all("veo" in m["endpoint_id"] and m["metadata"]["category"] == "image-to-video" for m in veo)
+    assert all("openapi" not in m for m in veo)
+    page = client.get("/v1/models", params={"limit": 5}).json()
+    assert len(page["models"]) == 5 and page["has_more"]
+    rest = client.get("/v1/models", params={"limit": 50, "cursor": page["next_cursor"]}).json()
+    assert len(page["models"]) + len(rest["models"]) == 32
+
+
+def test_fault_rules_fire_by_after_every_and_times(fal: FakeFal, client: httpx.Client) -> None:
+    rule = fal.faults.add(Fault("429", on="status", after=1, every=2, times=2, retry_after=3))
+    sub = submit(client)
+    codes = [client.get(sub["status_url"], headers=KEY).status_code for _ in range(7)]
+    assert [c == 429 for c in codes] == [False, False, True, False, True, False, False]
+    assert rule.fired == 2 and fal.stats.faults_fired["status:429"] == 2
+
+
+def test_ingress_and_timeout_faults_look_like_fal(fal: FakeFal, client: httpx.Client) -> None:
+    fal.faults.add(Fault("ingress_503", on="status"))
+    fal.faults.add(Fault("timeout_504", on="result"))
+    sub = submit(client)
+    r = client.get(sub["status_url"], headers=KEY)
+    assert r.status_code == 503 and "nginx" in r.text and "x-fal-request-id" not in r.headers
+    r = client.get(sub["response_url"], headers=KEY)
+    assert r.status_code == 504 and r.headers["X-Fal-Request-Timeout-Type"] == "user"
+
+
+def test_reset_after_submit_creates_the_job_but_loses_the_answer(client: httpx.Client) -> None:
+    plan = FaultPlan([Fault("reset_after", on="submit")])
+    with FakeFal(faults=plan) as fal, httpx.Client(base_url=fal.url) as c:
+        with pytest.raises(httpx.TransportError):
+            c.post(f"/{T2V}", json={"prompt": "x"}, headers=KEY)
+        assert len(fal.jobs) == 1 and fal.stats.calls["submit"] == 1
+    plan = FaultPlan([Fault("reset_before", on="submit")])
+    with FakeFal(faults=plan) as fal, httpx.Client(base_url=fal.url) as c:
+        with pytest.raises(httpx.TransportError):
+            c.post(f"/{T2V}", json={"prompt": "x"}, headers=KEY)
+        assert len(fal.jobs) == 0 and fal.stats.calls["submit"] == 1
+
+
+def test_fail_generation_completes_with_error_then_422(fal: FakeFal, client: httpx.Client) -> None:
+    fal.faults.add(Fault("fail_generation", on="submit", match="forbidden"))
+    ok = submit(client, {"prompt": "fine"})
+    bad = submit(client, {"prompt": "forbidden"})
+    assert wait_done(client, bad)["error_type"] == "content_policy_violation"
+    r = client.get(bad["response_url"], headers=KEY)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+    wait_done(client, ok)
+    assert client.get(ok["response_url"], headers=KEY).status_code == 200
+
+
+def test_unknown_fault_kind_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        Fault("explode")
+    assert Fault("503", on="result").kind == "ingress_503"
