@@ -127,7 +127,6 @@ async def execute(cfg: DictConfig, jobs: list[Job], paths: Paths, schema_sha: di
     provider = make_provider(cfg, paths)
     with progress:
         async with provider:
-            await provider.check_auth()
             return await run_jobs(jobs, provider, ctx)
 
 

@@ -259,8 +259,10 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
 async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list[JobResult]:
     """Run every job with at most `max_in_flight` in flight; per-job failures are results, not raises."""
     runs = [_JobRun(job, ctx, provider) for job in jobs]
-    for run in runs:
-        if (ctx.journal.get(run.job.identity) or {}).get("status") != DONE:
-            run.record("pending")
+    pending = [run for run in runs if (ctx.journal.get(run.job.identity) or {}).get("status") != DONE]
+    for run in pending:
+        run.record("pending")
+    if pending:  # a rejected key stops the run here, before any upload or submit
+        await provider.check_auth()
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
     return list(await asyncio.gather(*(run.run(slots) for run in runs)))

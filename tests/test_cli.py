@@ -68,7 +68,7 @@ def test_dry_run_against_fal_needs_no_key(film: Path, tmp_path: Path) -> None:
         proc = run_cli(f"project_dir={film}", "model=kling_o3", "tier=hero", "dry_run=true",
                        f"provider.schema_url={fal.url}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert fal.stats.get("submit", 0) == 0
+        assert fal.stats.calls["submit"] == 0
     assert "fal-ai/kling-video/o3/pro/image-to-video" in proc.stdout and "total" in proc.stdout
     assert not (film / "video/clips").exists()
     plan = (tmp_path / "run/plan.txt").read_text()
@@ -81,7 +81,7 @@ def test_missing_key_is_one_clear_line_and_nothing_spent(film: Path, tmp_path: P
     with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
         proc = run_cli(f"project_dir={film}", f"provider.schema_url={fal.url}", f"provider.queue_url={fal.url}",
                        cwd=tmp_path, env={"HOME": str(tmp_path)})
-        assert fal.stats.get("submit", 0) == 0
+        assert fal.stats.calls["submit"] == 0
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("aivp-batch: error: no FAL_KEY found")
 

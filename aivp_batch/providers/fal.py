@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import json
 import logging
 import mimetypes
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -231,13 +233,14 @@ class FalProvider(Provider):
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
         # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
+        tls = _tls_context()
         self._http = httpx.AsyncClient(
-            limits=limits, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
+            verify=tls, limits=limits, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
         )
         # Streams hold a connection for a whole job, so they get their own pool and never starve
         # submits and downloads; when all stream slots are taken a wait polls instead.
         self._sse = httpx.AsyncClient(
-            limits=limits, headers=headers, timeout=httpx.Timeout(60.0, connect=30.0, pool=None)
+            verify=tls, limits=limits, headers=headers, timeout=httpx.Timeout(60.0, connect=30.0, pool=None)
         )
         self._stream_slots = asyncio.Semaphore(max_connections)
         self._token: tuple[str, str, float] | None = None  # (type, token, expires epoch)
@@ -631,6 +634,12 @@ class FalProvider(Provider):
             request_id=sub.request_id,
             status_code=code,
         )
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One CA bundle load per process (~70 ms each); SSLContext is safe to share between clients."""
+    return httpx.create_ssl_context()
 
 
 class _StreamUnusable(Exception):

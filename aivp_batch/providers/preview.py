@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -231,10 +231,43 @@ def preview_openapi() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------
+#
+# Frames are made directly as yuv420p planes (three PIL "L" images): the camera move scales the
+# planes (1.5 bytes a pixel instead of RGB's 4) and no frame needs its own RGB→YUV conversion.
+# That, and making frames on a helper thread while x264 encodes, keeps a 720p preview near
+# real-time on two cores.
 
 
 class _Stopped(Exception):
     """The render was cancelled between frames."""
+
+
+class _Planes(NamedTuple):
+    """One yuv420p picture: full-size luma, half-size chroma."""
+
+    y: Image.Image
+    u: Image.Image
+    v: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.y.size
+
+    def frame(self) -> av.VideoFrame:
+        w, h = self.size
+        flat = np.concatenate([np.asarray(p).reshape(-1) for p in self])
+        return av.VideoFrame.from_ndarray(flat.reshape(h * 3 // 2, w), format="yuv420p")
+
+
+def _to_planes(image: Image.Image) -> _Planes:
+    """RGB → yuv420p (swscale: BT.601, limited range, as tagged on the stream)."""
+    w, h = image.size
+    flat = av.VideoFrame.from_image(image).reformat(format="yuv420p").to_ndarray().reshape(-1)
+    luma, chroma = w * h, (w // 2) * (h // 2)
+    y = flat[:luma].reshape(h, w)
+    u = flat[luma : luma + chroma].reshape(h // 2, w // 2)
+    v = flat[luma + chroma : luma + 2 * chroma].reshape(h // 2, w // 2)
+    return _Planes(*(Image.fromarray(np.ascontiguousarray(p), "L") for p in (y, u, v)))
 
 
 def render_preview(
@@ -288,13 +321,19 @@ def _render(
         raise ValueError(f"unknown camera move {camera!r}; expected one of {', '.join(CAMERA_MOVES)}")
     n = max(1, round(duration_s * fps))
     size = (width, height)
-    if start_image is not None:
-        frames = _animate_keyframe(_open_rgb(start_image), size, n, camera)
-    else:
-        frames = _title_card(size, n, fps, seed, prompt, title)
-    if end_image is not None:
-        frames = _crossfade_to(frames, ImageOps.fit(_open_rgb(end_image), size, Image.LANCZOS), n)
-    _encode(Path(dest), frames, size, fps, stop)
+
+    def frames() -> Iterator[_Planes]:
+        # A generator, so that even the image loading runs on the frame-making thread.
+        if start_image is not None:
+            pictures = _animate_keyframe(_open_rgb(start_image), size, n, camera)
+        else:
+            pictures = _title_card(size, n, fps, seed, prompt, title)
+        if end_image is not None:
+            end = _to_planes(ImageOps.fit(_open_rgb(end_image), size, Image.LANCZOS))
+            pictures = _crossfade_to(pictures, end, n)
+        yield from pictures
+
+    _encode(Path(dest), frames(), size, fps, stop)
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -313,43 +352,52 @@ def _progress(i: int, n: int) -> float:
 
 
 def _camera_box(move: str, t: float, bw: float, bh: float) -> tuple[float, float, float, float]:
-    """Crop box (in the base image, which is the frame at zoom _ZOOM) for progress t in [0, 1]."""
+    """Crop box in the base picture (the frame at zoom _ZOOM) for progress t in [0, 1]."""
     e = _ease(t)
-    if move in ("push_in", "pull_out", "static"):
-        zoom = {"push_in": 1 + (_ZOOM - 1) * e, "pull_out": _ZOOM - (_ZOOM - 1) * e, "static": 1 + 0.01 * e}[
-            move
-        ]
-        w, h = bw / zoom, bh / zoom
-        x, y = (bw - w) / 2, (bh - h) / 2
-    else:
-        w, h = bw / _ZOOM, bh / _ZOOM
-        x, y = (bw - w) / 2, (bh - h) / 2
-        # Panning left shows what is left of the frame: the window travels right → left.
-        if move == "pan_left":
-            x = (bw - w) * (1 - e)
-        elif move == "pan_right":
-            x = (bw - w) * e
-        elif move == "tilt_up":
-            y = (bh - h) * (1 - e)
-        elif move == "tilt_down":
-            y = (bh - h) * e
+    zoom = {
+        "push_in": 1 + (_ZOOM - 1) * e,
+        "pull_out": _ZOOM - (_ZOOM - 1) * e,
+        "static": 1 + 0.01 * e,  # a breath of movement, so a still shot still reads as video
+    }.get(move, _ZOOM)  # pans and tilts travel through the head-room the zoom leaves
+    w, h = bw / zoom, bh / zoom
+    x, y = (bw - w) / 2, (bh - h) / 2
+    # Panning left reveals what is left of the frame: the window travels right → left.
+    if move == "pan_left":
+        x = (bw - w) * (1 - e)
+    elif move == "pan_right":
+        x = (bw - w) * e
+    elif move == "tilt_up":
+        y = (bh - h) * (1 - e)
+    elif move == "tilt_down":
+        y = (bh - h) * e
     return (x, y, x + w, y + h)
 
 
-def _animate_keyframe(image: Image.Image, size: tuple[int, int], n: int, move: str) -> Iterator[Image.Image]:
-    # Fit once at zoom-range resolution so every frame is a cheap crop-and-scale, not a full resize.
-    base_size = (round(size[0] * _ZOOM), round(size[1] * _ZOOM))
-    base = ImageOps.fit(image, base_size, Image.LANCZOS)
+def _animate_keyframe(image: Image.Image, size: tuple[int, int], n: int, move: str) -> Iterator[_Planes]:
+    # Fit and convert once at the zoom range's resolution; each frame is then a crop-and-scale.
+    bw, bh = _even(size[0] * _ZOOM), _even(size[1] * _ZOOM)
+    base = _to_planes(ImageOps.fit(image, (bw, bh), Image.LANCZOS))
+    half = (size[0] // 2, size[1] // 2)
     for i in range(n):
-        box = _camera_box(move, _progress(i, n), *base_size)
-        yield base.resize(size, Image.BILINEAR, box=box)
+        box = _camera_box(move, _progress(i, n), bw, bh)
+        chroma_box = tuple(c / 2 for c in box)
+        yield _Planes(
+            base.y.resize(size, Image.BILINEAR, box=box),
+            base.u.resize(half, Image.BILINEAR, box=chroma_box),
+            base.v.resize(half, Image.BILINEAR, box=chroma_box),
+        )
 
 
-def _crossfade_to(frames: Iterator[Image.Image], end: Image.Image, n: int) -> Iterator[Image.Image]:
+def _crossfade_to(frames: Iterator[_Planes], end: _Planes, n: int) -> Iterator[_Planes]:
+    # YUV is an affine map of RGB, so blending the planes is blending the pictures.
     start = 1 - _FADE_FRACTION
     for i, frame in enumerate(frames):
         alpha = min(1.0, max(0.0, (_progress(i, n) - start) / _FADE_FRACTION))
-        yield frame if alpha <= 0 else Image.blend(frame, end, alpha)
+        yield (
+            frame
+            if alpha <= 0
+            else _Planes(*(Image.blend(a, b, alpha) for a, b in zip(frame, end, strict=True)))
+        )
 
 
 # --- the text-to-video title card -----------------------------------------------------------
@@ -434,26 +482,40 @@ def _static_card(size: tuple[int, int], seed: int, prompt: str, title: str) -> I
 
 def _title_card(
     size: tuple[int, int], n: int, fps: int, seed: int, prompt: str, title: str
-) -> Iterator[Image.Image]:
-    # Text is drawn once; each frame only adds the progress bar and timecode (cheap to draw).
+) -> Iterator[_Planes]:
+    # The text is drawn and converted once; per frame only the bottom strip (progress bar and
+    # timecode) is redrawn and converted, then pasted over a copy of the card's planes.
     card = _static_card(size, seed, prompt, title)
+    base = _to_planes(card)
+    w, h = size
+    bar_y = h - round(min(w, h) * 0.12)
+    top = max(0, (bar_y - 2) // 2 * 2)  # even, so the strip's chroma rows line up with the card's
+    for i in range(n):
+        strip = card.crop((0, top, w, h))
+        _draw_progress(strip, (w, h), top, i, n, fps)
+        part = _to_planes(strip)
+        y, u, v = (plane.copy() for plane in base)
+        y.paste(part.y, (0, top))
+        u.paste(part.u, (0, top // 2))
+        v.paste(part.v, (0, top // 2))
+        yield _Planes(y, u, v)
+
+
+def _draw_progress(strip: Image.Image, size: tuple[int, int], top: int, i: int, n: int, fps: int) -> None:
+    """Progress bar and timecode, drawn on the strip that starts at row `top` of the frame."""
     w, h = size
     short = min(w, h)
-    bar_y, bar_h = h - round(short * 0.12), max(2, round(short * 0.012))
     margin = round(w * 0.07)
-    tc_font = _font(max(8, round(short * 0.035)))
-    total = n / fps
-    for i in range(n):
-        frame = card.copy()
-        draw = ImageDraw.Draw(frame)
-        draw.rectangle((margin, bar_y, w - margin, bar_y + bar_h), fill=(70, 70, 70))
-        done = margin + (w - 2 * margin) * _progress(i, n)
-        draw.rectangle((margin, bar_y, round(done), bar_y + bar_h), fill=(240, 200, 60))
-        timecode = f"{_timecode(i / fps, fps)} / {_timecode(total, fps)}  #{i + 1}/{n}"
-        draw.text(
-            (w - margin, h - round(short * 0.07)), timecode, font=tc_font, fill=(220, 220, 220), anchor="ra"
-        )
-        yield frame
+    bar_y, bar_h = h - round(short * 0.12) - top, max(2, round(short * 0.012))
+    draw = ImageDraw.Draw(strip)
+    draw.rectangle((margin, bar_y, w - margin, bar_y + bar_h), fill=(70, 70, 70))
+    done = margin + (w - 2 * margin) * _progress(i, n)
+    draw.rectangle((margin, bar_y, round(done), bar_y + bar_h), fill=(240, 200, 60))
+    timecode = f"{_timecode(i / fps, fps)} / {_timecode(n / fps, fps)}  #{i + 1}/{n}"
+    font = _font(max(8, round(short * 0.035)))
+    draw.text(
+        (w - margin, h - round(short * 0.07) - top), timecode, font=font, fill=(220, 220, 220), anchor="ra"
+    )
 
 
 def _timecode(seconds: float, fps: int) -> str:
@@ -466,7 +528,7 @@ def _timecode(seconds: float, fps: int) -> str:
 
 
 def _encode(
-    dest: Path, frames: Iterator[Image.Image], size: tuple[int, int], fps: int, stop: threading.Event | None
+    dest: Path, frames: Iterator[_Planes], size: tuple[int, int], fps: int, stop: threading.Event | None
 ) -> None:
     """Mux H.264 video and a silent AAC track of the same length into `dest` (an MP4)."""
     # format= is explicit: the caller writes to a `.part` name, which says nothing about the format.
@@ -480,7 +542,7 @@ def _encode(
         video_tb, audio_tb = Fraction(1, fps), Fraction(1, _AUDIO_RATE)
         samples_done = 0
         # closing(): an early exit (cancel, error) stops the frame-making thread right away.
-        with contextlib.closing(_prefetch(_to_yuv(frames))) as yuv_frames:
+        with contextlib.closing(_prefetch(planes.frame() for planes in frames)) as yuv_frames:
             for i, frame in enumerate(yuv_frames):
                 if stop is not None and stop.is_set():
                     raise _Stopped
@@ -494,19 +556,14 @@ def _encode(
         out.mux(audio.encode(None))
 
 
-def _to_yuv(images: Iterator[Image.Image]) -> Iterator[av.VideoFrame]:
-    for image in images:
-        yield av.VideoFrame.from_image(image).reformat(format="yuv420p")
-
-
 _T = TypeVar("_T")
 
 
 def _prefetch(items: Iterator[_T], depth: int = 8) -> Iterator[_T]:
     """Produce `items` in a helper thread while the caller consumes them.
 
-    Drawing/scaling (Pillow) and colour conversion (swscale) release the GIL, so frames are made
-    on one core while x264 encodes on the other: this roughly halves a render on 2 cores.
+    Pillow's scaling and drawing release the GIL, so frames are made on one core while x264
+    encodes on the other.
     """
     box: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
     quit_ = threading.Event()

@@ -593,6 +593,7 @@ class _Answered(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like fal's gateway
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms ACK stalls
     server: _Server
     timeout = 60
 
@@ -621,15 +622,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._body_read = False
         self._reset_after = False
         url = urlsplit(self.path)
-        self.query = {k: v for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        self.query = parse_qs(url.query, keep_blank_values=True)
         segs = [s for s in url.path.split("/") if s]
         try:
-            self._route(method, segs)
-            if not self._body_read:
+            try:
+                self._route(method, segs)
+            except _Answered:
+                pass
+            if not self._body_read:  # an unread body would corrupt the next request on this connection
                 for _ in self._body_chunks():
                     pass
-        except _Answered:
-            pass
         except _Reset:
             self._reset()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):

@@ -1,0 +1,213 @@
+"""The runner against the fake fal server over real sockets: uploads, T2V/I2V/FLF, faults,
+COMPLETED-then-422, budget under concurrency, a bad key, crash and resume, no secret in outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, FAL_SCHEMAS
+from hydra import compose, initialize_config_module
+
+from aivp_batch.cli import run
+from aivp_batch.errors import AuthError
+from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan
+
+KEY = "fal-test-key-SECRET-1234"
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    dest = tmp_path / "film"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
+    return dest
+
+
+@pytest.fixture
+def fal():
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=0.3) as server:
+        yield server
+
+
+def fal_overrides(fal: FakeFal, film: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [f"project_dir={film}", f"provider.queue_url={fal.url}", f"provider.rest_url={fal.url}",
+            f"provider.cdn_url={fal.url}", f"provider.schema_url={fal.url}", "provider.poll_interval=0.05",
+            "provider.retry.base_s=0.01", "provider.retry.max_s=0.2", "provider.max_in_flight=4",
+            f"schema_cache_dir={tmp_path / 'schemas'}", *extra]
+
+
+def run_in_process(overrides: list[str], run_dir: Path, monkeypatch, key: str | None = KEY):
+    if key is None:
+        monkeypatch.delenv("FAL_KEY", raising=False)
+    else:
+        monkeypatch.setenv("FAL_KEY", key)
+    monkeypatch.setenv("HOME", str(run_dir.parent))
+    with initialize_config_module(version_base="1.3", config_module="aivp_batch.conf"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return run(cfg, run_dir)
+
+
+def logs(film: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((film / "video/log").glob("*.json"))}
+
+
+def all_text(*roots: Path) -> str:
+    chunks = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".md", ".yaml", ".txt", ".log"):
+                chunks.append(path.read_text(errors="replace"))
+    return "\n".join(chunks)
+
+
+def test_end_to_end_on_fal(fal, film, tmp_path, monkeypatch) -> None:
+    code, summary = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0, summary
+    got = logs(film)
+    assert [got[s]["mode"] for s in sorted(got)] == ["I2V", "FLF", "T2V", "I2V"]
+    assert all(log["status"] == "done" and log["request_id"] in fal.jobs for log in got.values())
+    assert got["shot-02"]["payload"]["end_image_url"].startswith(fal.url)  # uploaded, not a local path
+    assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
+    assert sorted(fal.stats.uploads_by_hash.values()) == [1, 1, 1, 1]  # ff×3 + lf, each once
+    # Fault-free: submit, stream and result per clip — no polling.
+    assert fal.stats.calls["stream"] == 4 and fal.stats.calls["result"] == 4 and fal.stats.calls["status"] == 0
+    events = [json.loads(line) for line in (film / "video/costs.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("settle") == 4
+    assert summary["spent_usd"] == pytest.approx(sum(log["cost_usd"] for log in got.values()))
+    assert KEY not in all_text(film, tmp_path / "run")
+
+    # Same command again: everything reused, zero queue requests.
+    before = dict(fal.stats.calls)
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 0
+    assert {k: v - before.get(k, 0) for k, v in fal.stats.calls.items() if v - before.get(k, 0)} == {}
+    assert all(log["reused"] for log in logs(film).values())
+
+
+@pytest.mark.parametrize("fault, extra", [
+    (Fault("429", on="submit", times=2, retry_after=0.2), []),
+    (Fault("ingress_503", on="result", times=2), []),
+    (Fault("ingress_502", on="status", times=3), ["provider.use_stream=false"]),
+    (Fault("reset", on="status", times=2), ["provider.use_stream=false"]),
+    (Fault("reset", on="stream", times=2), []),
+    (Fault("truncate", on="stream", times=2), []),
+    (Fault("reset", on="download", times=1), []),
+    (Fault("truncate", on="download", times=1), []),
+    (Fault("429", on="upload", times=1, retry_after=0.1), []),
+    (Fault("ingress_504", on="token", times=1), []),
+    (Fault("slow", on="result", times=2, seconds=0.5), []),
+])
+def test_transient_faults_are_survived_without_paying_twice(fal, film, tmp_path, monkeypatch, fault, extra) -> None:
+    fal.faults.add(fault)
+    code, summary = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch)
+    assert code == 0, summary
+    assert fal.stats.duplicate_submits == 0 and len(fal.stats.submits_by_payload) == 4
+    assert fal.stats.faults_fired, "the fault never fired"
+
+
+def test_lost_submit_response_is_never_resubmitted(fal, film, tmp_path, monkeypatch) -> None:
+    fal.faults.add(Fault("reset_after", on="submit", times=1, after=2))
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run",
+                             monkeypatch)
+    assert code == 1
+    got = logs(film)
+    assert got["shot-03"]["status"] == "failed" and "outcome unknown" in got["shot-03"]["error"]
+    assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 1 and fal.stats.calls["submit"] == 4  # still not resubmitted
+    assert "resubmit_unknown=true" in logs(film)["shot-03"]["error"]
+
+
+def test_completed_then_422_is_final_then_resubmitted_on_rerun(fal, film, tmp_path, monkeypatch) -> None:
+    fal.faults.add(Fault("fail_generation", on="submit", times=1, after=2, status_code=422,
+                         message="String should have at most 2500 characters"))
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run",
+                             monkeypatch)
+    assert code == 1
+    failed = logs(film)["shot-03"]
+    assert failed["status"] == "failed" and "422" in failed["error"] and "2500 characters" in failed["error"]
+    assert fal.stats.calls["result"] <= 5  # the 422 is not retried
+    events = [json.loads(line) for line in (film / "video/costs.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "release" and e["shot"] == "shot-03" for e in events)  # failures cost nothing
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 0 and fal.stats.calls["submit"] == 5  # only the failed shot went again
+    assert logs(film)["shot-03"]["attempts"] == 2
+
+
+def test_budget_is_respected_under_concurrency(fal, film, tmp_path, monkeypatch) -> None:
+    # Seedance 1.5 standard: 720p with audio ≈ $0.052/s; 5+6+4+7 s ≈ $1.14 in all.
+    code, summary = run_in_process(fal_overrides(fal, film, tmp_path, "budget_usd=0.6"), tmp_path / "run",
+                                   monkeypatch)
+    assert code == 1
+    got = logs(film)
+    done = [log for log in got.values() if log["status"] == "done"]
+    refused = [log for log in got.values() if "would pass budget_usd" in (log["error"] or "")]
+    assert done and refused and len(done) + len(refused) == 4
+    assert sum(log["cost_usd"] for log in done) <= 0.6
+    assert fal.stats.calls["submit"] == len(done)
+
+
+def test_bad_key_stops_before_anything_is_submitted(fal, film, tmp_path, monkeypatch) -> None:
+    with pytest.raises(AuthError) as err:
+        run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch, key="wrong-key-XYZ")
+    assert "FAL_KEY" in str(err.value) and "wrong-key-XYZ" not in str(err.value)
+    assert fal.stats.calls["submit"] == 0 and fal.stats.calls["upload"] == 0
+
+
+def _cli(overrides: list[str], tmp_path: Path, run_dir: str) -> subprocess.Popen:
+    env = {**os.environ, "FAL_KEY": KEY, "HOME": str(tmp_path)}
+    return subprocess.Popen([sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _journal_statuses(film: Path) -> list[str]:
+    out = []
+    for path in (film / ".aivp/jobs").glob("*.json"):
+        try:
+            out.append(json.loads(path.read_text())["status"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
+
+
+def test_sigkill_then_rerun_submits_each_payload_once(film, tmp_path) -> None:
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=3.0) as fal:
+        overrides = fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2")
+        proc = _cli(overrides, tmp_path, "run1")
+        deadline = time.monotonic() + 60
+        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert fal.stats.calls["submit"] == 2
+        rerun = _cli(overrides, tmp_path, "run2")
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err + out
+        assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
+        assert all(n == 1 for n in fal.stats.submits_by_payload.values())
+        assert all(log["status"] == "done" for log in logs(film).values())
+        assert sum(bool(log.get("reattached")) for log in logs(film).values()) == 2
+
+
+def test_ctrl_c_twice_cancels_in_flight_requests(film, tmp_path) -> None:
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=5.0) as fal:
+        proc = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run1")
+        deadline = time.monotonic() + 60
+        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert fal.stats.calls["cancel"] == 2 and fal.stats.calls["submit"] == 2
+        got = logs(film)
+        assert sorted(log["status"] for log in got.values()) == ["failed", "failed", "pending", "pending"]
+        assert "interrupt" in err
