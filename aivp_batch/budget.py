@@ -47,7 +47,9 @@ class Ledger:
         async with self._lock:
             estimate = self._reserved.pop(key, 0.0)
             self._spent += cost_usd
-            self._append("settle", key, identity, estimate_usd=estimate, cost_usd=cost_usd, cost_source=source)
+            self._append(
+                "settle", key, identity, estimate_usd=estimate, cost_usd=cost_usd, cost_source=source
+            )
 
     async def release(self, key: str, identity: str, reason: str) -> None:
         """The provider billed nothing (e.g. a failed generation): give the reservation back."""
@@ -57,8 +59,17 @@ class Ledger:
 
     def _append(self, event: str, key: str, identity: str, **fields: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"ts": now_iso(), "run": self.run_id, "event": event, "shot": key,
-                           "identity": identity, **fields}, sort_keys=True)
+        line = json.dumps(
+            {
+                "ts": now_iso(),
+                "run": self.run_id,
+                "event": event,
+                "shot": key,
+                "identity": identity,
+                **fields,
+            },
+            sort_keys=True,
+        )
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

@@ -51,7 +51,9 @@ def resolve_paths(cfg: DictConfig, run_dir: Path) -> Paths:
     if project is not None and not project.is_dir():
         raise ConfigError(f"project_dir={cfg.project_dir}: no such directory")
     if cfg.manifest.kind != "prompt" and project is None:
-        raise ConfigError(f"project_dir is required for manifest={cfg.manifest.kind} (e.g. project_dir=my-film)")
+        raise ConfigError(
+            f"project_dir is required for manifest={cfg.manifest.kind} (e.g. project_dir=my-film)"
+        )
     base = project if project is not None else run_dir
     output = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else base / "video"
     store = Path(cfg.store_dir).expanduser().resolve() if cfg.store_dir else base / ".aivp"
@@ -62,24 +64,36 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
     """Config → shots → jobs. Returns the plan, the storyboard's problem lines and its warnings."""
     provider = _container(cfg.provider)
     if not provider.get("available", False):
-        raise ConfigError(f"provider={provider.get('name')} is reserved and not available yet; "
-                          "use provider=fal or provider=preview")
+        raise ConfigError(
+            f"provider={provider.get('name')} is reserved and not available yet; "
+            "use provider=fal or provider=preview"
+        )
     spec = build_model_spec(_container(cfg.model), provider, str(cfg.tier.name), _container(cfg.settings))
     board = load_shots(_container(cfg.manifest), paths.project_dir)
     if cfg.shots is not None:
         board = select_shots(board, list(cfg.shots) if OmegaConf.is_list(cfg.shots) else cfg.shots)
     problems = [f"{p.file}: {p.message}" for p in board.problems]
     seed = None if cfg.seed is None else int(cfg.seed)
-    plan = plan_jobs(board.shots, spec, provider=str(provider["name"]), seed=seed,
-                     duration_policy=str(cfg.duration_policy), character_refs=bool(cfg.character_refs),
-                     payload_extra=_container(cfg.payload_extra), rng=random.Random())
+    plan = plan_jobs(
+        board.shots,
+        spec,
+        provider=str(provider["name"]),
+        seed=seed,
+        duration_policy=str(cfg.duration_policy),
+        character_refs=bool(cfg.character_refs),
+        payload_extra=_container(cfg.payload_extra),
+        rng=random.Random(),
+    )
     return plan, problems, list(board.warnings)
 
 
 def schema_store(cfg: DictConfig) -> SchemaStore:
-    store = SchemaStore(schema_url=cfg.provider.get("schema_url") or "https://fal.ai",
-                        cache_dir=Path(cfg.schema_cache_dir).expanduser(), ttl_s=float(cfg.schema_ttl_s),
-                        offline=bool(cfg.offline))
+    store = SchemaStore(
+        schema_url=cfg.provider.get("schema_url") or "https://fal.ai",
+        cache_dir=Path(cfg.schema_cache_dir).expanduser(),
+        ttl_s=float(cfg.schema_ttl_s),
+        offline=bool(cfg.offline),
+    )
     if cfg.provider.name == "preview":
         from .providers.preview import PREVIEW_ENDPOINT, preview_openapi
 
@@ -91,7 +105,9 @@ def make_provider(cfg: DictConfig, paths: Paths):  # -> Provider
     if cfg.provider.get("needs_key"):
         key = find_fal_key()
         if not key:
-            raise AuthError("no FAL_KEY found: export FAL_KEY=… or put FAL_KEY=… in ./.env, ~/.env or ~/.aivp/.env")
+            raise AuthError(
+                "no FAL_KEY found: export FAL_KEY=… or put FAL_KEY=… in ./.env, ~/.env or ~/.aivp/.env"
+            )
         return instantiate(cfg.provider.client, key=key)
     return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
 
@@ -99,7 +115,9 @@ def make_provider(cfg: DictConfig, paths: Paths):  # -> Provider
 def format_plan(plan: Plan) -> str:
     lines = [f"{'shot':<10} {'mode':<4} {'dur':>4}  {'est $':>7}  endpoint"]
     for job in plan.jobs:
-        lines.append(f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}")
+        lines.append(
+            f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}"
+        )
         if job.duration_note:
             lines.append(f"{'':<10} note: {job.duration_note}")
     lines.append(f"{'total':<10} {'':<4} {sum(j.duration_s for j in plan.jobs):>3}s  {plan.total_usd:>7.2f}")
@@ -107,22 +125,47 @@ def format_plan(plan: Plan) -> str:
 
 
 def plan_json(plan: Plan, schema_sha: dict[str, str], paths: Paths) -> dict[str, Any]:
-    return {"total_usd": plan.total_usd, "jobs": [
-        {"shot": j.key, "mode": j.mode, "endpoint": j.endpoint, "duration_s": j.duration_s,
-         "duration_note": j.duration_note, "estimate_usd": j.estimate_usd, "seed": j.seed,
-         "identity": j.identity, "payload": j.payload, "schema_sha256": schema_sha.get(j.endpoint),
-         "files": {k: relpath(p, paths.project_dir) for k, p in j.files.items()}} for j in plan.jobs]}
+    return {
+        "total_usd": plan.total_usd,
+        "jobs": [
+            {
+                "shot": j.key,
+                "mode": j.mode,
+                "endpoint": j.endpoint,
+                "duration_s": j.duration_s,
+                "duration_note": j.duration_note,
+                "estimate_usd": j.estimate_usd,
+                "seed": j.seed,
+                "identity": j.identity,
+                "payload": j.payload,
+                "schema_sha256": schema_sha.get(j.endpoint),
+                "files": {k: relpath(p, paths.project_dir) for k, p in j.files.items()},
+            }
+            for j in plan.jobs
+        ],
+    }
 
 
-async def execute(cfg: DictConfig, jobs: list[Job], paths: Paths, schema_sha: dict[str, str]) -> list[JobResult]:
+async def execute(
+    cfg: DictConfig, jobs: list[Job], paths: Paths, schema_sha: dict[str, str]
+) -> list[JobResult]:
     run_id = uuid.uuid4().hex[:12]
     ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id)
     progress = Progress([j.key for j in jobs])
-    ctx = RunContext(output_dir=paths.output_dir, project_dir=paths.project_dir, run_dir=paths.run_dir,
-                     run_id=run_id, tier=str(cfg.tier.name), journal=Journal(paths.store_dir), ledger=ledger,
-                     board=PlanBoard(paths.output_dir), max_in_flight=int(cfg.provider.max_in_flight),
-                     schema_sha=schema_sha, resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
-                     on_event=progress)
+    ctx = RunContext(
+        output_dir=paths.output_dir,
+        project_dir=paths.project_dir,
+        run_dir=paths.run_dir,
+        run_id=run_id,
+        tier=str(cfg.tier.name),
+        journal=Journal(paths.store_dir),
+        ledger=ledger,
+        board=PlanBoard(paths.output_dir),
+        max_in_flight=int(cfg.provider.max_in_flight),
+        schema_sha=schema_sha,
+        resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
+        on_event=progress,
+    )
     _install_interrupts(ctx)
     provider = make_provider(cfg, paths)
     with progress:
@@ -137,8 +180,10 @@ def _install_interrupts(ctx: RunContext) -> None:
     def on_sigint() -> None:
         if not ctx.stop_submitting.is_set():
             ctx.stop_submitting.set()
-            print("\ninterrupt: no new submissions; waiting for in-flight jobs (Ctrl-C again cancels them)",
-                  file=sys.stderr)
+            print(
+                "\ninterrupt: no new submissions; waiting for in-flight jobs (Ctrl-C again cancels them)",
+                file=sys.stderr,
+            )
         else:
             ctx.cancel_inflight.set()
             print("\ninterrupt: cancelling in-flight requests", file=sys.stderr)
@@ -171,9 +216,16 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, Any]]:
         print(f"warning: {warning}", file=sys.stderr)
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    summary: dict[str, Any] = {"started": now_iso(), "run_dir": str(run_dir), "dry_run": bool(cfg.dry_run),
-                               "provider": cfg.provider.name, "model": cfg.model.name, "tier": cfg.tier.name,
-                               "budget_usd": _budget(cfg), "problems": problems}
+    summary: dict[str, Any] = {
+        "started": now_iso(),
+        "run_dir": str(run_dir),
+        "dry_run": bool(cfg.dry_run),
+        "provider": cfg.provider.name,
+        "model": cfg.model.name,
+        "tier": cfg.tier.name,
+        "budget_usd": _budget(cfg),
+        "problems": problems,
+    }
     summary["plan"] = plan_json(plan, schema_sha, paths)
     if cfg.dry_run:
         print(format_plan(plan))
@@ -181,11 +233,19 @@ def run(cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, Any]]:
         return (EXIT_FAILED if problems else EXIT_OK), summary
     results = asyncio.run(execute(cfg, plan.jobs, paths, schema_sha))
     done = sum(r.status == "done" for r in results)
-    summary.update(finished=now_iso(), results=[r.__dict__ for r in results], done=done,
-                   failed=len(results) - done, spent_usd=round(sum(r.cost_usd for r in results), 4),
-                   clips_dir=str(paths.output_dir / "clips"), plan_md=str(paths.output_dir / "plan.md"))
-    print(f"{done}/{len(results)} clips done, ${summary['spent_usd']:.2f} spent; "
-          f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}")
+    summary.update(
+        finished=now_iso(),
+        results=[r.__dict__ for r in results],
+        done=done,
+        failed=len(results) - done,
+        spent_usd=round(sum(r.cost_usd for r in results), 4),
+        clips_dir=str(paths.output_dir / "clips"),
+        plan_md=str(paths.output_dir / "plan.md"),
+    )
+    print(
+        f"{done}/{len(results)} clips done, ${summary['spent_usd']:.2f} spent; "
+        f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}"
+    )
     ok = done == len(results) and not problems
     return (EXIT_OK if ok else EXIT_FAILED), summary
 
@@ -198,13 +258,16 @@ def main(cfg: DictConfig) -> int:
     try:
         code, summary = run(cfg, run_dir)
     except AivpError as exc:
-        code, summary = (EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, PayloadInvalid)) else EXIT_FAILED,
-                         {"error": redact(str(exc), secrets)})
+        code, summary = (
+            EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, PayloadInvalid)) else EXIT_FAILED,
+            {"error": redact(str(exc), secrets)},
+        )
         for line in summary["error"].splitlines():
             print(f"aivp-batch: error: {line}", file=sys.stderr)
     summary.update(exit_status=code, choices=dict(hc.runtime.choices))
-    atomic_write_text(run_dir / "summary.json", redact(json.dumps(summary, indent=2, default=str), secrets) + "\n")
+    atomic_write_text(
+        run_dir / "summary.json", redact(json.dumps(summary, indent=2, default=str), secrets) + "\n"
+    )
     if str(hc.mode) == "RunMode.RUN":
         sys.exit(code)
     return code
-

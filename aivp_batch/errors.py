@@ -63,7 +63,9 @@ class AuthError(ProviderError):
 
 
 class RequestFailed(ProviderError):
-    def __init__(self, message: str, *, request_id: str | None = None, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, request_id: str | None = None, status_code: int | None = None
+    ) -> None:
         self.request_id = request_id
         self.status_code = status_code
         super().__init__(message)

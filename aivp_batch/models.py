@@ -55,8 +55,9 @@ def parse_field(raw: Any, name: str) -> FieldSpec | None:
         unknown = set(raw) - {"field", "format", "type", "shape"}
         if unknown:
             raise ConfigError(f"field map for '{name}': unknown keys {sorted(unknown)}")
-        return FieldSpec(field=raw["field"], format=raw.get("format"), type=raw.get("type"),
-                         shape=raw.get("shape"))
+        return FieldSpec(
+            field=raw["field"], format=raw.get("format"), type=raw.get("type"), shape=raw.get("shape")
+        )
     raise ConfigError(f"field map for '{name}' must be a field name or {{field: …}}, got {raw!r}")
 
 
@@ -97,8 +98,12 @@ class ModelSpec:
         return spec is not None and spec.takes("end_frame")
 
 
-def build_model_spec(model: Mapping[str, Any], provider: Mapping[str, Any], tier: str,
-                     overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+def build_model_spec(
+    model: Mapping[str, Any],
+    provider: Mapping[str, Any],
+    tier: str,
+    overrides: Mapping[str, Any] | None = None,
+) -> ModelSpec:
     """Resolve a model config for a provider and tier (settings overridden by `overrides`)."""
     name = model.get("name", "?")
     tiers = model.get("tiers") or {}
@@ -115,12 +120,25 @@ def build_model_spec(model: Mapping[str, Any], provider: Mapping[str, Any], tier
         pricing = {"unit": "free"}
     else:
         modes = _model_modes(name, model, provider, tier_block, durations, settings)
-    return ModelSpec(name=name, label=model.get("label", name), prompt_order=tuple(dict.fromkeys(order)),
-                     durations=durations, settings=settings, pricing=pricing, modes=modes)
+    return ModelSpec(
+        name=name,
+        label=model.get("label", name),
+        prompt_order=tuple(dict.fromkeys(order)),
+        durations=durations,
+        settings=settings,
+        pricing=pricing,
+        modes=modes,
+    )
 
 
-def _model_modes(name: str, model: Mapping[str, Any], provider: Mapping[str, Any], tier_block: Mapping,
-                 durations: tuple[int, ...], settings: dict[str, Any]) -> dict[str, ModeSpec]:
+def _model_modes(
+    name: str,
+    model: Mapping[str, Any],
+    provider: Mapping[str, Any],
+    tier_block: Mapping,
+    durations: tuple[int, ...],
+    settings: dict[str, Any],
+) -> dict[str, ModeSpec]:
     pname = provider.get("name", "?")
     block = model.get(pname)
     if not block or not block.get("modes"):
@@ -133,18 +151,35 @@ def _model_modes(name: str, model: Mapping[str, Any], provider: Mapping[str, Any
         fields = _merge_fields(name, block.get("fields"), raw.get("fields"), tier_block.get("fields"))
         endpoint = _endpoint(name, raw.get("endpoint"), settings)
         mode_durations = tuple(int(d) for d in raw.get("durations") or durations)
-        modes[mode] = ModeSpec(model=name, mode=mode, endpoint=endpoint, fields=fields,
-                               durations=mode_durations, settings=settings, ref_token=raw.get("ref_token"))
+        modes[mode] = ModeSpec(
+            model=name,
+            mode=mode,
+            endpoint=endpoint,
+            fields=fields,
+            durations=mode_durations,
+            settings=settings,
+            ref_token=raw.get("ref_token"),
+        )
     return modes
 
 
-def _provider_modes(name: str, provider: Mapping[str, Any], durations: tuple[int, ...],
-                    settings: dict[str, Any]) -> dict[str, ModeSpec]:
+def _provider_modes(
+    name: str, provider: Mapping[str, Any], durations: tuple[int, ...], settings: dict[str, Any]
+) -> dict[str, ModeSpec]:
     fields = _merge_fields(name, provider.get("fields"))
     params = dict(provider.get("params") or {})
-    return {mode: ModeSpec(model=name, mode=mode, endpoint=provider["endpoint"], fields=fields,
-                           durations=durations, settings=settings, params=params)
-            for mode in (T2V, I2V, FLF)}
+    return {
+        mode: ModeSpec(
+            model=name,
+            mode=mode,
+            endpoint=provider["endpoint"],
+            fields=fields,
+            durations=durations,
+            settings=settings,
+            params=params,
+        )
+        for mode in (T2V, I2V, FLF)
+    }
 
 
 def _merge_fields(name: str, *layers: Mapping[str, Any] | None) -> dict[str, FieldSpec]:

@@ -65,9 +65,17 @@ class Plan:
         return round(sum(j.estimate_usd for j in self.jobs), 4)
 
 
-def plan_jobs(shots: Sequence[Shot], spec: ModelSpec, *, provider: str, seed: int | None,
-              duration_policy: str = "raise", character_refs: bool = True,
-              payload_extra: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> Plan:
+def plan_jobs(
+    shots: Sequence[Shot],
+    spec: ModelSpec,
+    *,
+    provider: str,
+    seed: int | None,
+    duration_policy: str = "raise",
+    character_refs: bool = True,
+    payload_extra: Mapping[str, Any] | None = None,
+    rng: random.Random | None = None,
+) -> Plan:
     """Turn shots into jobs for one model; problems are collected, one line per shot."""
     if duration_policy not in ("raise", "strict"):
         raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
@@ -75,16 +83,34 @@ def plan_jobs(shots: Sequence[Shot], spec: ModelSpec, *, provider: str, seed: in
     plan = Plan(jobs=[], errors=[])
     for shot in shots:
         try:
-            plan.jobs.append(_plan_shot(shot, spec, provider=provider, seed=seed, rng=rng,
-                                        duration_policy=duration_policy, character_refs=character_refs,
-                                        payload_extra=payload_extra or {}))
+            plan.jobs.append(
+                _plan_shot(
+                    shot,
+                    spec,
+                    provider=provider,
+                    seed=seed,
+                    rng=rng,
+                    duration_policy=duration_policy,
+                    character_refs=character_refs,
+                    payload_extra=payload_extra or {},
+                )
+            )
         except ConfigError as exc:
             plan.errors.append(str(exc))
     return plan
 
 
-def _plan_shot(shot: Shot, spec: ModelSpec, *, provider: str, seed: int | None, rng: random.Random,
-               duration_policy: str, character_refs: bool, payload_extra: Mapping[str, Any]) -> Job:
+def _plan_shot(
+    shot: Shot,
+    spec: ModelSpec,
+    *,
+    provider: str,
+    seed: int | None,
+    rng: random.Random,
+    duration_policy: str,
+    character_refs: bool,
+    payload_extra: Mapping[str, Any],
+) -> Job:
     mode_spec = choose_mode(shot, spec, character_refs)
     variant, prompt = pick_prompt(shot, spec)
     if mode_spec.mode == REF and mode_spec.ref_token:
@@ -95,17 +121,45 @@ def _plan_shot(shot: Shot, spec: ModelSpec, *, provider: str, seed: int | None, 
     payload, files = build_payload(mode_spec, generic)
     payload.update(payload_extra)
     aspect = generic["aspect_ratio"]
-    cost = estimate_usd(spec.pricing, duration_s=duration, settings=mode_spec.settings,
-                        endpoint=mode_spec.endpoint, mode=mode_spec.mode, aspect_ratio=aspect)
+    cost = estimate_usd(
+        spec.pricing,
+        duration_s=duration,
+        settings=mode_spec.settings,
+        endpoint=mode_spec.endpoint,
+        mode=mode_spec.mode,
+        aspect_ratio=aspect,
+    )
     hashes = {key: sha256_path(path) for key, path in files.items()}
     seed_spec = mode_spec.fields.get("seed")
-    identity = job_identity(provider, mode_spec.endpoint, payload, files, hashes, seed is None,
-                            seed_spec.field if seed_spec else None)
-    return Job(key=shot.id, shots=(shot,), provider=provider, model=spec.name, mode=mode_spec.mode,
-              endpoint=mode_spec.endpoint, payload=payload, files=files, duration_s=duration,
-              requested_duration_s=shot.duration_s, duration_note=note, prompt_variant=variant,
-              seed=job_seed, seed_random=seed is None, estimate_usd=cost, settings=dict(mode_spec.settings),
-              identity=identity, file_hashes=hashes)
+    identity = job_identity(
+        provider,
+        mode_spec.endpoint,
+        payload,
+        files,
+        hashes,
+        seed is None,
+        seed_spec.field if seed_spec else None,
+    )
+    return Job(
+        key=shot.id,
+        shots=(shot,),
+        provider=provider,
+        model=spec.name,
+        mode=mode_spec.mode,
+        endpoint=mode_spec.endpoint,
+        payload=payload,
+        files=files,
+        duration_s=duration,
+        requested_duration_s=shot.duration_s,
+        duration_note=note,
+        prompt_variant=variant,
+        seed=job_seed,
+        seed_random=seed is None,
+        estimate_usd=cost,
+        settings=dict(mode_spec.settings),
+        identity=identity,
+        file_hashes=hashes,
+    )
 
 
 def choose_mode(shot: Shot, spec: ModelSpec, character_refs: bool) -> ModeSpec:
@@ -120,16 +174,25 @@ def choose_mode(shot: Shot, spec: ModelSpec, character_refs: bool) -> ModeSpec:
     if character_refs and shot.character_refs and spec.mode(REF) is not None:
         return spec.modes[REF]
     if spec.mode(T2V) is None:
-        raise ConfigError(f"{shot.id}: model={spec.name} has no text-to-video endpoint and the shot has no keyframe")
+        raise ConfigError(
+            f"{shot.id}: model={spec.name} has no text-to-video endpoint and the shot has no keyframe"
+        )
     return spec.modes[T2V]
 
 
 def _as_mode(mode_spec: ModeSpec, mode: str) -> ModeSpec:
     if mode_spec.mode == mode:
         return mode_spec
-    return ModeSpec(model=mode_spec.model, mode=mode, endpoint=mode_spec.endpoint, fields=mode_spec.fields,
-                    durations=mode_spec.durations, settings=mode_spec.settings,
-                    ref_token=mode_spec.ref_token, params=mode_spec.params)
+    return ModeSpec(
+        model=mode_spec.model,
+        mode=mode,
+        endpoint=mode_spec.endpoint,
+        fields=mode_spec.fields,
+        durations=mode_spec.durations,
+        settings=mode_spec.settings,
+        ref_token=mode_spec.ref_token,
+        params=mode_spec.params,
+    )
 
 
 def pick_prompt(shot: Shot, spec: ModelSpec) -> tuple[str, str]:
@@ -162,12 +225,16 @@ def fit_duration(shot: Shot, mode_spec: ModeSpec, policy: str) -> tuple[int, str
         return int(wanted), None
     listing = ", ".join(str(d) for d in allowed)
     if policy == "strict":
-        raise ConfigError(f"{_where(shot)}: duration {_fmt(wanted)}s is not allowed by {mode_spec.endpoint} "
-                          f"(allowed: {listing}) and duration_policy=strict")
+        raise ConfigError(
+            f"{_where(shot)}: duration {_fmt(wanted)}s is not allowed by {mode_spec.endpoint} "
+            f"(allowed: {listing}) and duration_policy=strict"
+        )
     longer = [d for d in allowed if d >= wanted]
     if not longer:
-        raise ConfigError(f"{_where(shot)}: duration {_fmt(wanted)}s is longer than {mode_spec.endpoint} allows "
-                          f"(allowed: {listing}); split the shot or pick another model")
+        raise ConfigError(
+            f"{_where(shot)}: duration {_fmt(wanted)}s is longer than {mode_spec.endpoint} allows "
+            f"(allowed: {listing}); split the shot or pick another model"
+        )
     return longer[0], f"raised {_fmt(wanted)}s → {longer[0]}s (allowed: {listing})"
 
 
@@ -227,15 +294,26 @@ def sha256_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def job_identity(provider: str, endpoint: str, payload: Mapping[str, Any], files: Mapping[str, Path],
-                 hashes: Mapping[str, str], seed_random: bool, seed_field: str | None = None) -> str:
+def job_identity(
+    provider: str,
+    endpoint: str,
+    payload: Mapping[str, Any],
+    files: Mapping[str, Path],
+    hashes: Mapping[str, str],
+    seed_random: bool,
+    seed_field: str | None = None,
+) -> str:
     """sha256 of the canonical request: files by content, a randomly drawn seed as 'random'."""
     uri_to_hash = {files[k].as_uri(): f"sha256:{hashes[k]}" for k in files}
     canon = _replace_strings(dict(payload), uri_to_hash)
     if seed_random and seed_field and seed_field in canon:
         canon[seed_field] = "random"
-    blob = json.dumps({"provider": provider, "endpoint": endpoint, "payload": canon},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    blob = json.dumps(
+        {"provider": provider, "endpoint": endpoint, "payload": canon},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -16,8 +16,18 @@ from typing import Any
 
 from .errors import ConfigError
 
-_SHORT_SIDE = {"360p": 360, "480p": 480, "512p": 512, "720p": 720, "768p": 768, "1080p": 1080,
-               "true_1080p": 1080, "1440p": 1440, "2k": 1440, "4k": 2160}
+_SHORT_SIDE = {
+    "360p": 360,
+    "480p": 480,
+    "512p": 512,
+    "720p": 720,
+    "768p": 768,
+    "1080p": 1080,
+    "true_1080p": 1080,
+    "1440p": 1440,
+    "2k": 1440,
+    "4k": 2160,
+}
 
 
 def frame_size(resolution: str | None, aspect_ratio: str | None) -> tuple[int, int]:
@@ -36,8 +46,15 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
-def estimate_usd(rule: Mapping[str, Any], *, duration_s: float, settings: Mapping[str, Any],
-                 endpoint: str = "", mode: str = "", aspect_ratio: str | None = None) -> float:
+def estimate_usd(
+    rule: Mapping[str, Any],
+    *,
+    duration_s: float,
+    settings: Mapping[str, Any],
+    endpoint: str = "",
+    mode: str = "",
+    aspect_ratio: str | None = None,
+) -> float:
     """Estimated cost of one clip, in USD, rounded to 1/10000 of a dollar."""
     unit = rule.get("unit", "free")
     if unit == "free":

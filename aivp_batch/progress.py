@@ -36,13 +36,19 @@ class Progress:
     def __call__(self, key: str, status: str, info: Mapping[str, Any]) -> None:
         row = self.rows.setdefault(key, {})
         if status == "progress":
-            changed = row.get("queue_position") != info.get("queue_position") or row.get("state") != info.get("state")
+            changed = row.get("queue_position") != info.get("queue_position") or row.get("state") != info.get(
+                "state"
+            )
             row.update({k: info.get(k) for k in ("queue_position", "state", "elapsed_s")})
             if changed and not self.live_enabled:
                 self._line(key, info.get("state", ""), _position(info))
         else:
-            row.update(status=status, cost=info.get("cost_usd"), request_id=info.get("request_id"),
-                       error=info.get("error"))
+            row.update(
+                status=status,
+                cost=info.get("cost_usd"),
+                request_id=info.get("request_id"),
+                error=info.get("error"),
+            )
             if not self.live_enabled:
                 self._line(key, status, _detail(info))
         if self._live is not None:
@@ -61,10 +67,14 @@ class Progress:
             cost = row.get("cost")
             if row.get("status") == "done" and cost:
                 spent += cost
-            table.add_row(key, str(row.get("state") if row.get("status") == "queued" else row.get("status")),
-                          "" if row.get("queue_position") is None else str(row["queue_position"]),
-                          f"{row.get('elapsed_s') or ''}", "" if cost is None else f"${cost:.2f}",
-                          str(row.get("error") or row.get("request_id") or ""))
+            table.add_row(
+                key,
+                str(row.get("state") if row.get("status") == "queued" else row.get("status")),
+                "" if row.get("queue_position") is None else str(row["queue_position"]),
+                f"{row.get('elapsed_s') or ''}",
+                "" if cost is None else f"${cost:.2f}",
+                str(row.get("error") or row.get("request_id") or ""),
+            )
         table.caption = f"spent ${spent:.2f}"
         return table
 

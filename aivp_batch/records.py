@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PLAN_HEADER = ("| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID |\n"
-               "|---|------|------|-------|------|--------|------|------|------------|\n")
+PLAN_HEADER = (
+    "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID |\n"
+    "|---|------|------|-------|------|--------|------|------|------------|\n"
+)
 
 # Journal statuses: `submitted` (a request id exists), `done`, `failed` (final; resubmittable),
 # `unknown` (a submit whose answer was lost: never resubmitted automatically).
@@ -100,10 +102,19 @@ def render_plan(logs: Iterable[Mapping[str, Any]]) -> str:
     rows = []
     for i, log in enumerate(sorted(logs, key=_order), start=1):
         cost = log.get("cost_usd")
-        rows.append("| {} | {} | `{}` | `{}` | {} | {} | {} | {} | {} |".format(
-            i, log.get("id", "?"), log.get("file") or "", log.get("model") or "", log.get("mode") or "",
-            log.get("status", "pending"), "" if log.get("seed") is None else log["seed"],
-            "" if cost is None else f"${cost:.2f}", log.get("request_id") or ""))
+        rows.append(
+            "| {} | {} | `{}` | `{}` | {} | {} | {} | {} | {} |".format(
+                i,
+                log.get("id", "?"),
+                log.get("file") or "",
+                log.get("model") or "",
+                log.get("mode") or "",
+                log.get("status", "pending"),
+                "" if log.get("seed") is None else log["seed"],
+                "" if cost is None else f"${cost:.2f}",
+                log.get("request_id") or "",
+            )
+        )
     body = "\n".join(rows) + ("\n" if rows else "")
     return "# Video generation plan\n\n" + PLAN_HEADER + body
 

@@ -78,8 +78,12 @@ class _JobRun:
 
     def status_update(self, update: StatusUpdate) -> None:
         if self.ctx.on_event:
-            info = {"queue_position": update.queue_position, "state": update.state,
-                    "logs": list(update.logs[-1:]), "elapsed_s": round(time.monotonic() - self.t0, 1)}
+            info = {
+                "queue_position": update.queue_position,
+                "state": update.state,
+                "logs": list(update.logs[-1:]),
+                "elapsed_s": round(time.monotonic() - self.t0, 1),
+            }
             self.ctx.on_event(self.job.key, "progress", info)
 
     def fail(self, message: str, **fields: Any) -> JobResult:
@@ -95,8 +99,10 @@ class _JobRun:
             if record.get("status") == SUBMITTED and record.get("submission"):
                 return await self._attach(record)
             if record.get("status") == UNKNOWN and not self.ctx.resubmit_unknown:
-                return self.fail("a previous submit's answer was lost, so it may have been accepted and billed; "
-                                 "not resubmitting (rerun with resubmit_unknown=true to submit again)")
+                return self.fail(
+                    "a previous submit's answer was lost, so it may have been accepted and billed; "
+                    "not resubmitting (rerun with resubmit_unknown=true to submit again)"
+                )
             if self.ctx.stop_submitting.is_set():
                 self.record("pending", error="not submitted: run interrupted")
                 return JobResult(self.job.key, "pending", error="interrupted")
@@ -114,8 +120,10 @@ class _JobRun:
     async def _submit(self, record: Mapping[str, Any]) -> JobResult:
         job, ledger = self.job, self.ctx.ledger
         if not await ledger.reserve(job.key, job.identity, job.estimate_usd):
-            return self.fail(f"not submitted: ${job.estimate_usd:.2f} would pass budget_usd="
-                             f"{ledger.budget_usd} (already committed ${ledger.committed_usd:.2f})")
+            return self.fail(
+                f"not submitted: ${job.estimate_usd:.2f} would pass budget_usd="
+                f"{ledger.budget_usd} (already committed ${ledger.committed_usd:.2f})"
+            )
         attempts = int(record.get("attempts", 0)) + 1
         try:
             payload = await self._upload_files()
@@ -133,19 +141,36 @@ class _JobRun:
             self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
             await ledger.release(job.key, job.identity, "submit refused")
             return self.fail(str(exc), attempts=attempts)
-        journal = self.ctx.journal.put(job.identity, {**base, "status": SUBMITTED, "submission": submission.to_dict(),
-                                                      "request_id": submission.request_id,
-                                                      "submitted_at": now_iso()})
-        self.record("queued", request_id=submission.request_id, payload=payload, attempts=attempts,
-                    timings={"submitted_at": journal["submitted_at"]})
+        journal = self.ctx.journal.put(
+            job.identity,
+            {
+                **base,
+                "status": SUBMITTED,
+                "submission": submission.to_dict(),
+                "request_id": submission.request_id,
+                "submitted_at": now_iso(),
+            },
+        )
+        self.record(
+            "queued",
+            request_id=submission.request_id,
+            payload=payload,
+            attempts=attempts,
+            timings={"submitted_at": journal["submitted_at"]},
+        )
         return await self._wait(submission, journal)
 
     async def _attach(self, record: Mapping[str, Any]) -> JobResult:
         submission = self.provider.attach(record["submission"])
         # The request was accepted in an earlier run; count it against this run's budget too.
         await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
-        self.record("queued", request_id=submission.request_id, payload=record.get("payload"),
-                    attempts=record.get("attempts", 1), reattached=True)
+        self.record(
+            "queued",
+            request_id=submission.request_id,
+            payload=record.get("payload"),
+            attempts=record.get("attempts", 1),
+            reattached=True,
+        )
         return await self._wait(submission, dict(record))
 
     async def _wait(self, submission: Submission, record: dict[str, Any]) -> JobResult:
@@ -156,7 +181,7 @@ class _JobRun:
             self.ctx.journal.put(job.identity, {**record, "status": FAILED, "error": str(exc)})
             await ledger.release(job.key, job.identity, "generation failed (not billed)")
             return self.fail(str(exc))
-        except (ProviderError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ProviderError) as exc:
             # Still accepted at the provider: keep `submitted` so the next run re-attaches.
             return self.fail(f"lost contact with request {submission.request_id}: {exc}; rerun to re-attach")
         try:
@@ -164,15 +189,32 @@ class _JobRun:
         except (MediaError, ProviderError, OSError) as exc:
             self.ctx.journal.put(job.identity, {**record, "output": outcome.output})
             return self.fail(f"download failed: {exc}; rerun to fetch it again")
-        done = self.ctx.journal.put(job.identity, {
-            **record, "status": DONE, "output": outcome.output, "video_url": outcome.video_url,
-            "seed_returned": outcome.seed, "clip": clip, "cost_usd": job.estimate_usd,
-            "cost_source": "billed" if outcome.billed_units is not None else "estimate",
-            "completed_at": now_iso(), "request_id": submission.request_id})
+        done = self.ctx.journal.put(
+            job.identity,
+            {
+                **record,
+                "status": DONE,
+                "output": outcome.output,
+                "video_url": outcome.video_url,
+                "seed_returned": outcome.seed,
+                "clip": clip,
+                "cost_usd": job.estimate_usd,
+                "cost_source": "billed" if outcome.billed_units is not None else "estimate",
+                "completed_at": now_iso(),
+                "request_id": submission.request_id,
+            },
+        )
         await ledger.settle(job.key, job.identity, job.estimate_usd, done["cost_source"])
         self._place_clip()
-        self.record("done", **_done_fields(done), timings={**self.log.get("timings", {}), **outcome.timings,
-                                                            "elapsed_s": round(time.monotonic() - self.t0, 2)})
+        self.record(
+            "done",
+            **_done_fields(done),
+            timings={
+                **self.log.get("timings", {}),
+                **outcome.timings,
+                "elapsed_s": round(time.monotonic() - self.t0, 2),
+            },
+        )
         return JobResult(job.key, "done", cost_usd=job.estimate_usd, request_id=submission.request_id)
 
     async def _wait_or_cancel(self, submission: Submission) -> Outcome:
@@ -184,8 +226,9 @@ class _JobRun:
                 return waiter.result()
             waiter.cancel()
             await self.provider.cancel(submission)
-            raise RequestFailed(f"cancelled by user; request {submission.request_id}",
-                                request_id=submission.request_id)
+            raise RequestFailed(
+                f"cancelled by user; request {submission.request_id}", request_id=submission.request_id
+            )
         finally:
             cancel.cancel()
 
@@ -200,17 +243,29 @@ class _JobRun:
         size = await self.provider.download(outcome.video_url, part)
         info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
         os.replace(part, dest)
-        return {"bytes": size, "sha256": await asyncio.to_thread(sha256_file, dest),
-                "duration_s": round(info.duration_s, 3), "frames": info.frames, "width": info.width,
-                "height": info.height, "fps": info.fps, "has_audio": info.has_audio}
+        return {
+            "bytes": size,
+            "sha256": await asyncio.to_thread(sha256_file, dest),
+            "duration_s": round(info.duration_s, 3),
+            "frames": info.frames,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "has_audio": info.has_audio,
+        }
 
     def _place_clip(self) -> None:
+        """Put the stored clip at video/clips/<shot>.mp4, atomically (a hard link where the disk allows)."""
         src = self.ctx.journal.clip_path(self.job.identity)
         for shot in self.job.shots:
             dest = self.ctx.clips_dir / f"{shot.id}.mp4"
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
-            shutil.copyfile(src, part)
+            part.unlink(missing_ok=True)
+            try:
+                os.link(src, part)
+            except OSError:
+                shutil.copyfile(src, part)
             os.replace(part, dest)
 
 
@@ -225,10 +280,17 @@ def _replace(value: Any, table: Mapping[str, str]) -> Any:
 
 
 def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {"request_id": record.get("request_id"), "video_url": record.get("video_url"),
-            "seed_returned": record.get("seed_returned"), "cost_usd": record.get("cost_usd"),
-            "cost_source": record.get("cost_source", "estimate"), "clip": record.get("clip"),
-            "payload": record.get("payload"), "attempts": record.get("attempts"), "error": None}
+    return {
+        "request_id": record.get("request_id"),
+        "video_url": record.get("video_url"),
+        "seed_returned": record.get("seed_returned"),
+        "cost_usd": record.get("cost_usd"),
+        "cost_source": record.get("cost_source", "estimate"),
+        "clip": record.get("clip"),
+        "payload": record.get("payload"),
+        "attempts": record.get("attempts"),
+        "error": None,
+    }
 
 
 def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
@@ -236,23 +298,47 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
     shot = job.shots[0]
     root = ctx.project_dir
     return {
-        "id": shot.id, "type": "clip", "file": relpath(ctx.clips_dir / f"{shot.id}.mp4", root),
-        "model": job.endpoint, "mode": job.mode, "status": "pending", "request_id": None,
-        "prompt": job.prompt, "seed": job.seed, "duration": str(job.duration_s),
+        "id": shot.id,
+        "type": "clip",
+        "file": relpath(ctx.clips_dir / f"{shot.id}.mp4", root),
+        "model": job.endpoint,
+        "mode": job.mode,
+        "status": "pending",
+        "request_id": None,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        "duration": str(job.duration_s),
         "aspect_ratio": shot.aspect_ratio or job.payload.get("aspect_ratio"),
         "input_image": relpath(shot.start_frame, root) if job.mode in ("I2V", "FLF") else None,
         "end_image": relpath(shot.end_frame, root) if job.mode == "FLF" else None,
         "character_refs": [relpath(p, root) for p in shot.character_refs],
-        "video_url": None, "cost_usd": job.estimate_usd, "timestamp": now_iso(),
-        "provider": job.provider, "endpoint": job.endpoint, "model_config": job.model, "tier": ctx.tier,
-        "shots": [s.id for s in job.shots], "identity": job.identity,
-        "payload": job.payload, "payload_files": {k: {"path": relpath(p, root), "sha256": job.file_hashes.get(k)}
-                                                  for k, p in job.files.items()},
-        "schema_sha256": ctx.schema_sha.get(job.endpoint), "requested_seed": job.seed,
-        "seed_random": job.seed_random, "seed_returned": None, "prompt_variant": job.prompt_variant,
-        "requested_duration_s": job.requested_duration_s, "duration_note": job.duration_note,
-        "estimate_usd": job.estimate_usd, "cost_source": "estimate", "attempts": 0, "timings": {},
-        "run_dir": str(ctx.run_dir), "run_id": ctx.run_id, "error": None,
+        "video_url": None,
+        "cost_usd": job.estimate_usd,
+        "timestamp": now_iso(),
+        "provider": job.provider,
+        "endpoint": job.endpoint,
+        "model_config": job.model,
+        "tier": ctx.tier,
+        "shots": [s.id for s in job.shots],
+        "identity": job.identity,
+        "payload": job.payload,
+        "payload_files": {
+            k: {"path": relpath(p, root), "sha256": job.file_hashes.get(k)} for k, p in job.files.items()
+        },
+        "schema_sha256": ctx.schema_sha.get(job.endpoint),
+        "requested_seed": job.seed,
+        "seed_random": job.seed_random,
+        "seed_returned": None,
+        "prompt_variant": job.prompt_variant,
+        "requested_duration_s": job.requested_duration_s,
+        "duration_note": job.duration_note,
+        "estimate_usd": job.estimate_usd,
+        "cost_source": "estimate",
+        "attempts": 0,
+        "timings": {},
+        "run_dir": str(ctx.run_dir),
+        "run_id": ctx.run_id,
+        "error": None,
     }
 
 

@@ -22,7 +22,9 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, str]:
         for issue in schema.validate(job.payload):
             problems.append(f"{where} field {issue.path}: {issue.message}")
         for key in schema.unknown_keys(job.payload):
-            problems.append(f"{where} field {key}: not declared by the endpoint's schema (fal would ignore it)")
+            problems.append(
+                f"{where} field {key}: not declared by the endpoint's schema (fal would ignore it)"
+            )
         for field, path in job.files.items():
             for issue in schema.check_local_file(field, path):
                 problems.append(f"{where} field {issue.path}: {issue.message}")

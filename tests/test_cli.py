@@ -15,12 +15,19 @@ from conftest import EXAMPLE, FAL_SCHEMAS
 from aivp_batch.media import probe
 
 
-def run_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "AIVP_CACHE_DIR": str(cwd / "cache"), **(env or {})}
     full_env.pop("FAL_KEY", None) if env is None or "FAL_KEY" not in env else None
-    return subprocess.run([sys.executable, "-m", "aivp_batch", f"hydra.run.dir={cwd / 'run'}", *overrides],
-                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "aivp_batch", *overrides, f"hydra.run.dir={cwd / 'run'}"],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -40,10 +47,33 @@ def test_preview_run_of_the_example_project(film: Path, tmp_path: Path) -> None:
         info = probe(film / log["file"])
         assert log["status"] == "done" and info.duration_s == pytest.approx(int(log["duration"]), abs=0.1)
         assert info.has_audio and log["schema_sha256"] and log["provider"] == "preview"
-        for key in ("id", "type", "file", "model", "mode", "status", "request_id", "prompt", "seed", "duration",
-                    "aspect_ratio", "input_image", "character_refs", "video_url", "cost_usd", "timestamp",
-                    "endpoint", "tier", "payload", "requested_seed", "seed_returned", "attempts", "timings",
-                    "cost_source", "run_dir"):
+        for key in (
+            "id",
+            "type",
+            "file",
+            "model",
+            "mode",
+            "status",
+            "request_id",
+            "prompt",
+            "seed",
+            "duration",
+            "aspect_ratio",
+            "input_image",
+            "character_refs",
+            "video_url",
+            "cost_usd",
+            "timestamp",
+            "endpoint",
+            "tier",
+            "payload",
+            "requested_seed",
+            "seed_returned",
+            "attempts",
+            "timings",
+            "cost_source",
+            "run_dir",
+        ):
             assert key in log, (shot_id, key)
     # Kling 2.6 allows 5 or 10 s: the 6 s and 7 s shots are raised to 10, the 4 s one to 5.
     assert [logs[s]["duration"] for s in sorted(logs)] == ["5", "10", "5", "10"]
@@ -53,7 +83,9 @@ def test_preview_run_of_the_example_project(film: Path, tmp_path: Path) -> None:
     assert "| 1 | shot-01 | `video/clips/shot-01.mp4` |" in plan and plan.count("| done |") == 4
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["exit_status"] == 0 and summary["done"] == 4
-    assert (tmp_path / "run/.hydra/config.yaml").exists() and (tmp_path / "run/.hydra/overrides.yaml").exists()
+    assert (tmp_path / "run/.hydra/config.yaml").exists() and (
+        tmp_path / "run/.hydra/overrides.yaml"
+    ).exists()
 
     # Run again: every clip is reused from the journal, nothing re-rendered.
     again = run_cli(f"project_dir={film}", "provider=preview", "model=kling_v26", cwd=tmp_path)
@@ -65,8 +97,14 @@ def test_dry_run_against_fal_needs_no_key(film: Path, tmp_path: Path) -> None:
     from aivp_batch.testing.fal_server import FakeFal
 
     with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
-        proc = run_cli(f"project_dir={film}", "model=kling_o3", "tier=hero", "dry_run=true",
-                       f"provider.schema_url={fal.url}", cwd=tmp_path)
+        proc = run_cli(
+            f"project_dir={film}",
+            "model=kling_o3",
+            "tier=hero",
+            "dry_run=true",
+            f"provider.schema_url={fal.url}",
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         assert fal.stats.calls["submit"] == 0
     assert "fal-ai/kling-video/o3/pro/image-to-video" in proc.stdout and "total" in proc.stdout
@@ -79,17 +117,25 @@ def test_missing_key_is_one_clear_line_and_nothing_spent(film: Path, tmp_path: P
     from aivp_batch.testing.fal_server import FakeFal
 
     with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
-        proc = run_cli(f"project_dir={film}", f"provider.schema_url={fal.url}", f"provider.queue_url={fal.url}",
-                       cwd=tmp_path, env={"HOME": str(tmp_path)})
+        proc = run_cli(
+            f"project_dir={film}",
+            f"provider.schema_url={fal.url}",
+            f"provider.queue_url={fal.url}",
+            cwd=tmp_path,
+            env={"HOME": str(tmp_path)},
+        )
         assert fal.stats.calls["submit"] == 0
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("aivp-batch: error: no FAL_KEY found")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model=kling_v26", "duration_policy=strict"], "duration 6s is not allowed"),
-    (["shots=[9]"], "no such shot"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=kling_v26", "duration_policy=strict"], "duration 6s is not allowed"),
+        (["shots=[9]"], "no such shot"),
+    ],
+)
 def test_bad_input_leaves_existing_clips_untouched(film: Path, tmp_path: Path, overrides, message) -> None:
     clip = film / "video/clips/shot-01.mp4"
     clip.parent.mkdir(parents=True)
@@ -110,12 +156,41 @@ def test_broken_shot_file_is_named_and_others_still_render(film: Path, tmp_path:
     proc = run_cli(f"project_dir={film}", "provider=preview", cwd=tmp_path)
     assert proc.returncode == 1
     assert "storyboard/storyboard-final/shots/shot-03.md: no motion prompt" in proc.stderr
-    assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["shot-01.mp4", "shot-02.mp4",
-                                                                            "shot-04.mp4"]
+    assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == [
+        "shot-01.mp4",
+        "shot-02.mp4",
+        "shot-04.mp4",
+    ]
 
 
 def test_prompt_manifest_single_clip(tmp_path: Path) -> None:
-    proc = run_cli("manifest=prompt", "manifest.prompt=A slow pan across a harbour at dawn",
-                   "provider=preview", "model=veo31", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    proc = run_cli(
+        "manifest=prompt",
+        "manifest.prompt=A slow pan across a harbour at dawn",
+        "provider=preview",
+        "model=veo31",
+        f"output_dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert probe(tmp_path / "out/clips/clip-01.mp4").duration_s == pytest.approx(6, abs=0.1)
+
+
+def test_user_manifest_from_own_config_dir(film: Path, tmp_path: Path) -> None:
+    conf = tmp_path / "myconf/manifest"
+    conf.mkdir(parents=True)
+    (conf / "two_shots.yaml").write_text(
+        "kind: list\nshots:\n"
+        "  - {id: opening, prompt: 'Slow push in on the kitchen', start_frame: image/frames/shot-01-ff.png,"
+        " duration: 5}\n"
+        "  - {id: closing, prompt: 'Static wide shot, lights go out', duration: 4}\n")
+    (conf / "evil.yaml").write_text("kind: list\nshots:\n  - {id: ../../etc/passwd, prompt: x, duration: 5}\n")
+    ok = run_cli("--config-dir", str(tmp_path / "myconf"), f"project_dir={film}", "provider=preview",
+                 "manifest=two_shots", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["closing.mp4", "opening.mp4"]
+    evil = run_cli("--config-dir", str(tmp_path / "myconf"), f"project_dir={film}", "provider=preview",
+                   "manifest=evil", cwd=tmp_path)
+    assert evil.returncode == 2 and "../../etc/passwd" in evil.stderr
+    assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["closing.mp4", "opening.mp4"]
+    assert not (tmp_path / "etc").exists()

@@ -15,14 +15,28 @@ PROVIDERS = ["fal", "preview", "replicate", "local"]
 
 
 def test_every_model_in_the_issue_is_configured() -> None:
-    assert set(MODELS) == {"seedance_v15", "seedance_v1", "seedance_v2", "kling_o3", "kling_v3", "kling_v26",
-                           "kling_v25_turbo", "veo31", "sora2", "hailuo02"}
+    assert set(MODELS) == {
+        "seedance_v15",
+        "seedance_v1",
+        "seedance_v2",
+        "kling_o3",
+        "kling_v3",
+        "kling_v26",
+        "kling_v25_turbo",
+        "veo31",
+        "sora2",
+        "hailuo02",
+    }
 
 
 def test_defaults(compose_cfg) -> None:
     cfg = compose_cfg()
     assert (cfg.provider.name, cfg.model.name, cfg.tier.name, cfg.manifest.kind) == (
-        "fal", "seedance_v15", "standard", "storyboard")
+        "fal",
+        "seedance_v15",
+        "standard",
+        "storyboard",
+    )
     assert cfg.seed is None and cfg.dry_run is False and cfg.budget_usd == cfg.tier.budget_usd
 
 
@@ -54,7 +68,10 @@ def test_hero_kling_o3_means_pro_with_audio(compose_cfg) -> None:
 
 def test_tier_variants_pick_endpoints(compose_cfg) -> None:
     cfg = OmegaConf.to_container(compose_cfg("model=veo31"), resolve=True)
-    assert build_model_spec(cfg["model"], cfg["provider"], "iteration").modes["T2V"].endpoint == "fal-ai/veo3.1/fast"
+    assert (
+        build_model_spec(cfg["model"], cfg["provider"], "iteration").modes["T2V"].endpoint
+        == "fal-ai/veo3.1/fast"
+    )
     assert build_model_spec(cfg["model"], cfg["provider"], "hero").modes["T2V"].endpoint == "fal-ai/veo3.1"
     hailuo = OmegaConf.to_container(compose_cfg("model=hailuo02"), resolve=True)
     hero = build_model_spec(hailuo["model"], hailuo["provider"], "hero")

@@ -78,7 +78,11 @@ def test_submit_wait_download_gives_a_decodable_clip(tmp_path: Path, use_stream:
     states = [u.state for u in updates]
     assert states[0] == "IN_QUEUE" and states[-1] == "COMPLETED" and "IN_PROGRESS" in states
     logs = [line for u in updates for line in u.logs]
-    assert logs == ["Starting generation", "Generating: 50%", "Generation complete"]  # no repeats when polling
+    assert logs == [
+        "Starting generation",
+        "Generating: 50%",
+        "Generation complete",
+    ]  # no repeats when polling
 
 
 def test_sixty_concurrent_streams() -> None:
@@ -185,7 +189,9 @@ def test_ingress_503_is_retried_on_status_and_result() -> None:
         async with make(fal, use_stream=False) as p:
             return await generate(p)
 
-    with faulty(Fault("ingress_503", on="status", times=2), Fault("ingress_502", on="result", times=2)) as fal:
+    with faulty(
+        Fault("ingress_503", on="status", times=2), Fault("ingress_502", on="result", times=2)
+    ) as fal:
         _, outcome = run(main(fal))
         assert outcome.video_url and fal.stats.calls["result"] == 3
 
@@ -196,8 +202,11 @@ def test_reset_on_status_and_download_is_retried(tmp_path: Path) -> None:
             _, outcome = await generate(p)
             return await p.download(outcome.video_url, tmp_path / "clip.mp4")
 
-    faults = (Fault("reset", on="status", times=2), Fault("truncate", on="download"),
-              Fault("reset", on="download"))
+    faults = (
+        Fault("reset", on="status", times=2),
+        Fault("truncate", on="download"),
+        Fault("reset", on="download"),
+    )
     with faulty(*faults) as fal:
         size = run(main(fal))
         assert fal.stats.calls["download"] == 3 and fal.stats.faults_fired["status:reset"] == 2
@@ -277,8 +286,9 @@ def test_failed_generation_is_request_failed_and_not_retried() -> None:
             run(main(fal))
         job = next(iter(fal.jobs.values()))
         assert job.result_calls == 1
-    assert str(err.value) == (f"{T2V}: 422 The content was flagged by a content checker. at body.prompt "
-                              "(content_policy_violation)")
+    assert str(err.value) == (
+        f"{T2V}: 422 The content was flagged by a content checker. at body.prompt (content_policy_violation)"
+    )
     assert err.value.status_code == 422 and err.value.request_id == job.id
 
 
@@ -287,8 +297,15 @@ def test_gateway_5xx_result_is_final_and_start_timeout_504_too() -> None:
         async with make(fal) as p:
             return await generate(p)
 
-    with faulty(Fault("fail_generation", on="submit", status_code=503, message="No runner",
-                      error_type="runner_scheduling_failure")) as fal:
+    with faulty(
+        Fault(
+            "fail_generation",
+            on="submit",
+            status_code=503,
+            message="No runner",
+            error_type="runner_scheduling_failure",
+        )
+    ) as fal:
         with pytest.raises(RequestFailed, match=r"503 No runner \(runner_scheduling_failure\)"):
             run(main(fal))
         assert fal.stats.calls["result"] == 1
@@ -361,8 +378,10 @@ def test_rejected_key_is_an_auth_error_without_the_key(caplog: pytest.LogCapture
     with faulty(Fault("429", on="token", retry_after=0.01)) as fal:
         check, submit, text = run(main(fal))
         assert not fal.jobs
-    assert str(check) == ("fal rejected the API key (HTTP 403); set FAL_KEY in the environment or in ./.env, "
-                          "~/.env or ~/.aivp/.env")
+    assert str(check) == (
+        "fal rejected the API key (HTTP 403); set FAL_KEY in the environment or in ./.env, "
+        "~/.env or ~/.aivp/.env"
+    )
     assert "HTTP 403" in str(submit)
     for blob in (str(check), str(submit), text, caplog.text):
         assert secret not in blob
@@ -403,5 +422,7 @@ def test_upload_once_per_content_under_concurrency(tmp_path: Path) -> None:
         assert fal.stats.calls["token"] == 1
         assert sorted(fal.stats.uploads_by_hash.values()) == [1, 1]  # one reset attempt didn't store
         assert fal.stats.calls["upload"] == 3
-    assert len(set(urls)) == 2 and urls[0] == urls[1] and urls[0].endswith(".png") and urls[2].endswith(".jpg")
+    assert (
+        len(set(urls)) == 2 and urls[0] == urls[1] and urls[0].endswith(".png") and urls[2].endswith(".jpg")
+    )
     assert body == same_a.read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_status_goes_202_then_200_with_logs_and_metrics(client: httpx.Client) ->
 
 
 def test_queue_position_decreases_then_runs(fal: FakeFal, client: httpx.Client) -> None:
-    fal.latency_s = 1.2
+    fal.latency_s = 0.6
     sub = submit(client)
     seen = []
     while (body := client.get(sub["status_url"], headers=KEY).json())["status"] != "COMPLETED":
@@ -115,7 +116,7 @@ def test_sse_stream_sends_each_state_keepalives_and_closes(client: httpx.Client)
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
-                events.append(httpx.Response(200, content=line[6:]).json())
+                events.append(json.loads(line[6:]))
             elif line.startswith(":"):
                 comments += 1
     states = [e["status"] for e in events]
@@ -180,13 +181,22 @@ def test_cancel_requested_then_completed_with_error(fal: FakeFal, client: httpx.
 
 
 def test_storage_token_and_upload(fal: FakeFal, client: httpx.Client) -> None:
-    token = client.post("/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={}, headers=KEY).json()
+    token = client.post(
+        "/storage/auth/token", params={"storage_type": "fal-cdn-v3"}, json={}, headers=KEY
+    ).json()
     assert token["token_type"] == "Bearer" and token["base_url"] == fal.url and "expires_at" in token
     data = b"\x89PNG fake image bytes"
     bad = client.post("/files/upload", content=data, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401
-    r = client.post("/files/upload", content=data, headers={
-        "Authorization": f"Bearer {token['token']}", "Content-Type": "image/png", "X-Fal-File-Name": "ff.png"})
+    r = client.post(
+        "/files/upload",
+        content=data,
+        headers={
+            "Authorization": f"Bearer {token['token']}",
+            "Content-Type": "image/png",
+            "X-Fal-File-Name": "ff.png",
+        },
+    )
     url = r.json()["access_url"]
     digest = hashlib.sha256(data).hexdigest()
     assert url == f"{fal.url}/files/up/{digest}.png"
@@ -197,7 +207,7 @@ def test_storage_token_and_upload(fal: FakeFal, client: httpx.Client) -> None:
 def test_schema_endpoint_serves_shared_documents_without_auth(client: httpx.Client) -> None:
     r = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": T2V})
     assert r.status_code == 200
-    assert r.json() == httpx.Response(200, content=(SCHEMAS / f"{T2V.replace('/', '__')}.json").read_bytes()).json()
+    assert r.json() == json.loads((SCHEMAS / f"{T2V.replace('/', '__')}.json").read_text())
     assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "no/such"}).status_code == 404
     assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "../x"}).status_code == 404
 
@@ -208,7 +218,9 @@ def test_models_search(client: httpx.Client) -> None:
     assert found["models"][0]["openapi"]["info"]["x-fal-metadata"]["endpointId"] == T2V
     assert found["has_more"] is False and found["next_cursor"] is None
     veo = client.get("/v1/models", params={"q": "veo", "category": "image-to-video"}).json()["models"]
-    assert veo and all("veo" in m["endpoint_id"] and m["metadata"]["category"] == "image-to-video" for m in veo)
+    assert veo and all(
+        "veo" in m["endpoint_id"] and m["metadata"]["category"] == "image-to-video" for m in veo
+    )
     assert all("openapi" not in m for m in veo)
     page = client.get("/v1/models", params={"limit": 5}).json()
     assert len(page["models"]) == 5 and page["has_more"]

@@ -30,23 +30,48 @@ def project(tmp_path: Path) -> Path:
 
 
 def shots_for_every_mode(project: Path) -> list[Shot]:
-    prompts = {"seedance": "0-3秒：镜头缓缓推进，@图片1 转身", "kling": "[Camera: push in] Elena turns.",
-               "motion": "Slow push in as the woman turns."}
+    prompts = {
+        "seedance": "0-3秒：镜头缓缓推进，@图片1 转身",
+        "kling": "[Camera: push in] Elena turns.",
+        "motion": "Slow push in as the woman turns.",
+    }
     frames = project / "image/frames"
     chars = tuple(sorted((project / "image/characters").glob("*.png")))
     return [
         Shot(id="shot-01", number=1, prompts=prompts, duration_s=5, aspect_ratio="16:9"),
-        Shot(id="shot-02", number=2, prompts=prompts, duration_s=5, aspect_ratio="16:9",
-             start_frame=frames / "shot-01-ff.png"),
-        Shot(id="shot-03", number=3, prompts=prompts, duration_s=5, aspect_ratio="16:9",
-             start_frame=frames / "shot-01-ff.png", end_frame=frames / "shot-01-lf.png"),
-        Shot(id="shot-04", number=4, prompts=prompts, duration_s=5, aspect_ratio="16:9",
-             characters=("Elena", "Marco"), character_refs=chars),
+        Shot(
+            id="shot-02",
+            number=2,
+            prompts=prompts,
+            duration_s=5,
+            aspect_ratio="16:9",
+            start_frame=frames / "shot-01-ff.png",
+        ),
+        Shot(
+            id="shot-03",
+            number=3,
+            prompts=prompts,
+            duration_s=5,
+            aspect_ratio="16:9",
+            start_frame=frames / "shot-01-ff.png",
+            end_frame=frames / "shot-01-lf.png",
+        ),
+        Shot(
+            id="shot-04",
+            number=4,
+            prompts=prompts,
+            duration_s=5,
+            aspect_ratio="16:9",
+            characters=("Elena", "Marco"),
+            character_refs=chars,
+        ),
     ]
 
 
 def spec_for(compose_cfg, model: str, tier: str, provider: str = "fal"):
-    cfg = OmegaConf.to_container(compose_cfg(f"model={model}", f"tier={tier}", f"provider={provider}"), resolve=True)
+    cfg = OmegaConf.to_container(
+        compose_cfg(f"model={model}", f"tier={tier}", f"provider={provider}"), resolve=True
+    )
     return build_model_spec(cfg["model"], cfg["provider"], tier)
 
 
@@ -97,17 +122,31 @@ def test_field_names_and_types_follow_each_endpoint(compose_cfg, project) -> Non
     assert o3[3].payload["elements"][0]["frontal_image_url"].startswith("file://")
     assert "@Element1" in o3[3].payload["prompt"]
     sd2 = plan_jobs(shots, spec_for(compose_cfg, "seedance_v2", "standard"), provider="fal", seed=3).jobs
-    assert sd2[3].prompt.startswith("0-3秒") and "@Image1" in sd2[3].prompt and len(sd2[3].payload["image_urls"]) == 2
+    assert (
+        sd2[3].prompt.startswith("0-3秒")
+        and "@Image1" in sd2[3].prompt
+        and len(sd2[3].payload["image_urls"]) == 2
+    )
 
 
 def test_prompt_variant_per_model(compose_cfg, project) -> None:
     shot = shots_for_every_mode(project)[:1]
-    assert plan_jobs(shot, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1).jobs[0]\
-        .prompt_variant == "seedance"
-    assert plan_jobs(shot, spec_for(compose_cfg, "kling_v26", "standard"), provider="fal", seed=1).jobs[0]\
-        .prompt_variant == "kling"
+    assert (
+        plan_jobs(shot, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1)
+        .jobs[0]
+        .prompt_variant
+        == "seedance"
+    )
+    assert (
+        plan_jobs(shot, spec_for(compose_cfg, "kling_v26", "standard"), provider="fal", seed=1)
+        .jobs[0]
+        .prompt_variant
+        == "kling"
+    )
     only_motion = [Shot(id="shot-01", number=1, prompts={"motion": "A slow pan."}, duration_s=5)]
-    job = plan_jobs(only_motion, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1).jobs[0]
+    job = plan_jobs(
+        only_motion, spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1
+    ).jobs[0]
     assert (job.prompt_variant, job.prompt) == ("motion", "A slow pan.")
 
 
@@ -118,30 +157,39 @@ def test_duration_raised_never_shortened_or_strict(compose_cfg) -> None:
     assert job.duration_s == 10 and job.payload["duration"] == "10" and "7s → 10s" in job.duration_note
     strict = plan_jobs(shots, spec, provider="fal", seed=1, duration_policy="strict")
     assert not strict.jobs
-    assert strict.errors == ["shot-07: duration 7s is not allowed by fal-ai/kling-video/v2.6/pro/text-to-video "
-                             "(allowed: 5, 10) and duration_policy=strict"]
-    too_long = plan_jobs([Shot(id="shot-08", number=8, prompts={"kling": "x"}, duration_s=12)], spec,
-                         provider="fal", seed=1)
+    assert strict.errors == [
+        "shot-07: duration 7s is not allowed by fal-ai/kling-video/v2.6/pro/text-to-video "
+        "(allowed: 5, 10) and duration_policy=strict"
+    ]
+    too_long = plan_jobs(
+        [Shot(id="shot-08", number=8, prompts={"kling": "x"}, duration_s=12)], spec, provider="fal", seed=1
+    )
     assert "longer than" in too_long.errors[0]
 
 
 def test_spec_kling_field_names_are_caught(compose_cfg, project, tmp_path) -> None:
     spec = spec_for(compose_cfg, "kling_o3", "hero")
     shots = shots_for_every_mode(project)[:1]
-    wrong = {"multi_shot_prompts": [{"prompt": "a", "duration": "5"}],
-             "elements": [{"image_url": "https://x/y.png", "description": "the detective"}]}
+    wrong = {
+        "multi_shot_prompts": [{"prompt": "a", "duration": "5"}],
+        "elements": [{"image_url": "https://x/y.png", "description": "the detective"}],
+    }
     plan = plan_jobs(shots, spec, provider="fal", seed=1, payload_extra=wrong)
     with pytest.raises(PayloadInvalid) as err:
         validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
     text = str(err.value)
     assert "field multi_shot_prompts: not declared" in text
-    assert "field elements" in text and "shot-01: model=kling_o3 endpoint=fal-ai/kling-video/o3/pro/text-to-video" in text
+    assert (
+        "field elements" in text
+        and "shot-01: model=kling_o3 endpoint=fal-ai/kling-video/o3/pro/text-to-video" in text
+    )
 
 
 def test_invalid_value_names_shot_endpoint_field_and_allowed(compose_cfg, project, tmp_path) -> None:
     spec = spec_for(compose_cfg, "veo31", "standard")
-    plan = plan_jobs(shots_for_every_mode(project)[:1], spec, provider="fal", seed=1,
-                     payload_extra={"resolution": "8k"})
+    plan = plan_jobs(
+        shots_for_every_mode(project)[:1], spec, provider="fal", seed=1, payload_extra={"resolution": "8k"}
+    )
     with pytest.raises(PayloadInvalid) as err:
         validate_jobs(plan.jobs, snapshot_store(tmp_path, {plan.jobs[0].endpoint}))
     assert "shot-01: model=veo31 endpoint=fal-ai/veo3.1/fast field resolution" in str(err.value)
@@ -170,11 +218,15 @@ def test_identity_hashes_files_by_content_and_random_seed_as_random(compose_cfg,
 
 
 def test_pricing_rules() -> None:
-    seedance = {"unit": "token", "fps": 24, "rates": [{"when": {"audio": True}, "usd_per_million": 2.4},
-                                                       {"usd_per_million": 1.2}]}
+    seedance = {
+        "unit": "token",
+        "fps": 24,
+        "rates": [{"when": {"audio": True}, "usd_per_million": 2.4}, {"usd_per_million": 1.2}],
+    }
     assert frame_size("720p", "16:9") == (1280, 720) and frame_size("480p", "9:16") == (480, 854)
-    assert estimate_usd(seedance, duration_s=5, settings={"audio": True, "resolution": "720p"},
-                        aspect_ratio="16:9") == pytest.approx(0.2592)
+    assert estimate_usd(
+        seedance, duration_s=5, settings={"audio": True, "resolution": "720p"}, aspect_ratio="16:9"
+    ) == pytest.approx(0.2592)
     kling = {"unit": "second", "rates": [{"when": {"audio": True}, "usd": 0.14}, {"usd": 0.07}]}
     assert estimate_usd(kling, duration_s=10, settings={"audio": False}) == pytest.approx(0.7)
     assert estimate_usd({"unit": "free"}, duration_s=10, settings={}) == 0.0

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 
 from aivp_batch.cli import run
 from aivp_batch.errors import AuthError
-from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan
+from aivp_batch.testing.fal_server import FakeFal, Fault
 
 KEY = "fal-test-key-SECRET-1234"
 
@@ -37,10 +37,19 @@ def fal():
 
 
 def fal_overrides(fal: FakeFal, film: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [f"project_dir={film}", f"provider.queue_url={fal.url}", f"provider.rest_url={fal.url}",
-            f"provider.cdn_url={fal.url}", f"provider.schema_url={fal.url}", "provider.poll_interval=0.05",
-            "provider.retry.base_s=0.01", "provider.retry.max_s=0.2", "provider.max_in_flight=4",
-            f"schema_cache_dir={tmp_path / 'schemas'}", *extra]
+    return [
+        f"project_dir={film}",
+        f"provider.queue_url={fal.url}",
+        f"provider.rest_url={fal.url}",
+        f"provider.cdn_url={fal.url}",
+        f"provider.schema_url={fal.url}",
+        "provider.poll_interval=0.05",
+        "provider.retry.base_s=0.01",
+        "provider.retry.max_s=0.2",
+        "provider.max_in_flight=4",
+        f"schema_cache_dir={tmp_path / 'schemas'}",
+        *extra,
+    ]
 
 
 def run_in_process(overrides: list[str], run_dir: Path, monkeypatch, key: str | None = KEY):
@@ -77,7 +86,9 @@ def test_end_to_end_on_fal(fal, film, tmp_path, monkeypatch) -> None:
     assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
     assert sorted(fal.stats.uploads_by_hash.values()) == [1, 1, 1, 1]  # ff×3 + lf, each once
     # Fault-free: submit, stream and result per clip — no polling.
-    assert fal.stats.calls["stream"] == 4 and fal.stats.calls["result"] == 4 and fal.stats.calls["status"] == 0
+    assert (
+        fal.stats.calls["stream"] == 4 and fal.stats.calls["result"] == 4 and fal.stats.calls["status"] == 0
+    )
     events = [json.loads(line) for line in (film / "video/costs.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("settle") == 4
     assert summary["spent_usd"] == pytest.approx(sum(log["cost_usd"] for log in got.values()))
@@ -91,20 +102,25 @@ def test_end_to_end_on_fal(fal, film, tmp_path, monkeypatch) -> None:
     assert all(log["reused"] for log in logs(film).values())
 
 
-@pytest.mark.parametrize("fault, extra", [
-    (Fault("429", on="submit", times=2, retry_after=0.2), []),
-    (Fault("ingress_503", on="result", times=2), []),
-    (Fault("ingress_502", on="status", times=3), ["provider.use_stream=false"]),
-    (Fault("reset", on="status", times=2), ["provider.use_stream=false"]),
-    (Fault("reset", on="stream", times=2), []),
-    (Fault("truncate", on="stream", times=2), []),
-    (Fault("reset", on="download", times=1), []),
-    (Fault("truncate", on="download", times=1), []),
-    (Fault("429", on="upload", times=1, retry_after=0.1), []),
-    (Fault("ingress_504", on="token", times=1), []),
-    (Fault("slow", on="result", times=2, seconds=0.5), []),
-])
-def test_transient_faults_are_survived_without_paying_twice(fal, film, tmp_path, monkeypatch, fault, extra) -> None:
+@pytest.mark.parametrize(
+    "fault, extra",
+    [
+        (Fault("429", on="submit", times=2, retry_after=0.2), []),
+        (Fault("ingress_503", on="result", times=2), []),
+        (Fault("ingress_502", on="status", times=3), ["provider.use_stream=false"]),
+        (Fault("reset", on="status", times=2), ["provider.use_stream=false"]),
+        (Fault("reset", on="stream", times=2), []),
+        (Fault("truncate", on="stream", times=2), []),
+        (Fault("reset", on="download", times=1), []),
+        (Fault("truncate", on="download", times=1), []),
+        (Fault("429", on="upload", times=1, retry_after=0.1), []),
+        (Fault("ingress_504", on="token", times=1), []),
+        (Fault("slow", on="result", times=2, seconds=0.5), []),
+    ],
+)
+def test_transient_faults_are_survived_without_paying_twice(
+    fal, film, tmp_path, monkeypatch, fault, extra
+) -> None:
     fal.faults.add(fault)
     code, summary = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch)
     assert code == 0, summary
@@ -114,8 +130,9 @@ def test_transient_faults_are_survived_without_paying_twice(fal, film, tmp_path,
 
 def test_lost_submit_response_is_never_resubmitted(fal, film, tmp_path, monkeypatch) -> None:
     fal.faults.add(Fault("reset_after", on="submit", times=1, after=2))
-    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run",
-                             monkeypatch)
+    code, _ = run_in_process(
+        fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run", monkeypatch
+    )
     assert code == 1
     got = logs(film)
     assert got["shot-03"]["status"] == "failed" and "outcome unknown" in got["shot-03"]["error"]
@@ -126,10 +143,19 @@ def test_lost_submit_response_is_never_resubmitted(fal, film, tmp_path, monkeypa
 
 
 def test_completed_then_422_is_final_then_resubmitted_on_rerun(fal, film, tmp_path, monkeypatch) -> None:
-    fal.faults.add(Fault("fail_generation", on="submit", times=1, after=2, status_code=422,
-                         message="String should have at most 2500 characters"))
-    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run",
-                             monkeypatch)
+    fal.faults.add(
+        Fault(
+            "fail_generation",
+            on="submit",
+            times=1,
+            after=2,
+            status_code=422,
+            message="String should have at most 2500 characters",
+        )
+    )
+    code, _ = run_in_process(
+        fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run", monkeypatch
+    )
     assert code == 1
     failed = logs(film)["shot-03"]
     assert failed["status"] == "failed" and "422" in failed["error"] and "2500 characters" in failed["error"]
@@ -143,8 +169,9 @@ def test_completed_then_422_is_final_then_resubmitted_on_rerun(fal, film, tmp_pa
 
 def test_budget_is_respected_under_concurrency(fal, film, tmp_path, monkeypatch) -> None:
     # Seedance 1.5 standard: 720p with audio ≈ $0.052/s; 5+6+4+7 s ≈ $1.14 in all.
-    code, summary = run_in_process(fal_overrides(fal, film, tmp_path, "budget_usd=0.6"), tmp_path / "run",
-                                   monkeypatch)
+    code, summary = run_in_process(
+        fal_overrides(fal, film, tmp_path, "budget_usd=0.6"), tmp_path / "run", monkeypatch
+    )
     assert code == 1
     got = logs(film)
     done = [log for log in got.values() if log["status"] == "done"]
@@ -163,8 +190,14 @@ def test_bad_key_stops_before_anything_is_submitted(fal, film, tmp_path, monkeyp
 
 def _cli(overrides: list[str], tmp_path: Path, run_dir: str) -> subprocess.Popen:
     env = {**os.environ, "FAL_KEY": KEY, "HOME": str(tmp_path)}
-    return subprocess.Popen([sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _journal_statuses(film: Path) -> list[str]:

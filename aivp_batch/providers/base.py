@@ -29,7 +29,9 @@ class Submission:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Submission:
-        return cls(**{k: data.get(k) for k in ("request_id", "endpoint", "status_url", "response_url", "cancel_url")})
+        return cls(
+            **{k: data.get(k) for k in ("request_id", "endpoint", "status_url", "response_url", "cancel_url")}
+        )
 
 
 @dataclass(frozen=True)
