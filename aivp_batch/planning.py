@@ -253,7 +253,13 @@ def _generic_values(shot: Shot, mode_spec: ModeSpec, prompt: str, duration: int,
         "camera_fixed": shot.camera_fixed,
         "negative_prompt": shot.negative_prompt,
         "title": shot.id,
+        "caption": _caption(shot, prompt),
     }
+
+
+def _caption(shot: Shot, prompt: str) -> str:
+    """A plain-language line for previews: the motion description, else the Kling prompt."""
+    return " ".join((shot.prompts.get("motion") or shot.prompts.get("kling") or prompt).split())
 
 
 def build_payload(mode_spec: ModeSpec, generic: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:

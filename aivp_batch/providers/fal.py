@@ -232,8 +232,8 @@ class FalProvider(Provider):
         self.retry = retry or RetryPolicy()
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
-        # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
         tls = _tls_context()
+        # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
         self._http = httpx.AsyncClient(
             verify=tls, limits=limits, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
         )

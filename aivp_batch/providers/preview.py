@@ -167,6 +167,8 @@ def preview_openapi() -> dict[str, Any]:
         "fps": {"title": "Frames per second", "type": "integer", "minimum": 8, "maximum": 60, "default": 24},
         "seed": {"title": "Seed", "anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
         "title": {"title": "Title", "type": "string", "default": ""},
+        # Text for the T2V card when the prompt is in a script the built-in font can't draw.
+        "caption": {"title": "Caption", "anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
         "camera_move": {
             "title": "Camera move",
             "anyOf": [{"type": "string", "enum": list(CAMERA_MOVES)}, {"type": "null"}],
@@ -720,7 +722,7 @@ class PreviewProvider(Provider):
             "duration_s": float(payload.get("duration") or 5),
             # Like hosted models: no seed asked → pick one and report it, so the take can be redone.
             "seed": int(seed) if seed is not None else secrets.randbelow(2**31),
-            "prompt": prompt,
+            "prompt": str(payload.get("caption") or prompt),
             "title": str(payload.get("title") or ""),
             "start_image": _local_path(image) if image else None,
             "end_image": _local_path(end) if end else None,
