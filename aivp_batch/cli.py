@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .budget import Ledger
 from .errors import AivpError, AuthError, ConfigError, InputError, PayloadInvalid
-from .keys import find_fal_key, redact
+from .keys import HOW_TO_SET, find_fal_key, redact
 from .manifest import load_shots
 from .models import build_model_spec
 from .planning import Job, Plan, plan_jobs
@@ -105,9 +105,7 @@ def make_provider(cfg: DictConfig, paths: Paths):  # -> Provider
     if cfg.provider.get("needs_key"):
         key = find_fal_key()
         if not key:
-            raise AuthError(
-                "no FAL_KEY found: export FAL_KEY=… or put FAL_KEY=… in ./.env, ~/.env or ~/.aivp/.env"
-            )
+            raise AuthError(f"no FAL_KEY found: {HOW_TO_SET}")
         return instantiate(cfg.provider.client, key=key)
     return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
 

@@ -12,6 +12,7 @@
         ├── AuthError              missing or rejected API key (says how to set it)
         ├── RequestFailed          a final, non-retryable failure of one request (model error, 422…)
         └── TransientError         retryable: 429, ingress 5xx, transport errors (retries exhausted)
+            └── SubmitNotAccepted  a submit that surely never reached the provider (safe to resubmit)
 
 Every message is one line a user can act on, and never carries a secret.
 """
@@ -63,13 +64,25 @@ class AuthError(ProviderError):
 
 
 class RequestFailed(ProviderError):
+    """`may_be_billed`: the request had started when it ended (e.g. cancelled on a client timeout)."""
+
     def __init__(
-        self, message: str, *, request_id: str | None = None, status_code: int | None = None
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        status_code: int | None = None,
+        may_be_billed: bool = False,
     ) -> None:
         self.request_id = request_id
         self.status_code = status_code
+        self.may_be_billed = may_be_billed
         super().__init__(message)
 
 
 class TransientError(ProviderError):
+    pass
+
+
+class SubmitNotAccepted(TransientError):
     pass

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget import Ledger
-from .errors import AivpError, MediaError, ProviderError, RequestFailed, TransientError
+from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
 from .media import sha256_file, verify_clip
 from .planning import Job
 from .providers.base import Outcome, Provider, StatusUpdate, Submission
@@ -134,6 +134,10 @@ class _JobRun:
         self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "submitting_since": now_iso()})
         try:
             submission = await self.provider.submit(job.endpoint, payload)
+        except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
+            self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
+            await ledger.release(job.key, job.identity, "submit not accepted")
+            return self.fail(str(exc), attempts=attempts)
         except TransientError as exc:  # it may have reached the provider: never resubmit blindly
             self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "error": str(exc)})
             return self.fail(f"submit outcome unknown: {exc}", attempts=attempts)
@@ -179,7 +183,10 @@ class _JobRun:
             outcome = await self._wait_or_cancel(submission)
         except RequestFailed as exc:
             self.ctx.journal.put(job.identity, {**record, "status": FAILED, "error": str(exc)})
-            await ledger.release(job.key, job.identity, "generation failed (not billed)")
+            if exc.may_be_billed:  # it had started: count the estimate rather than assume it was free
+                await ledger.settle(job.key, job.identity, job.estimate_usd, "estimate")
+            else:
+                await ledger.release(job.key, job.identity, "generation failed (not billed)")
             return self.fail(str(exc))
         except (TimeoutError, ProviderError) as exc:
             # Still accepted at the provider: keep `submitted` so the next run re-attaches.

@@ -244,3 +244,27 @@ def test_ctrl_c_twice_cancels_in_flight_requests(film, tmp_path) -> None:
         got = logs(film)
         assert sorted(log["status"] for log in got.values()) == ["failed", "failed", "pending", "pending"]
         assert "interrupt" in err
+
+
+def test_refused_submit_is_safe_to_resubmit(fal, film, tmp_path, monkeypatch) -> None:
+    fal.faults.add(Fault("429", on="submit", times=None, after=2, retry_after=0.01))
+    extra = ["provider.max_in_flight=1", "provider.retry.attempts=2"]
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch)
+    assert code == 1
+    got = logs(film)
+    assert [got[s]["status"] for s in sorted(got)] == ["done", "done", "failed", "failed"]
+    assert "not accepted" in got["shot-03"]["error"]
+    fal.faults.clear()
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 0 and fal.stats.duplicate_submits == 0 and len(fal.stats.submits_by_payload) == 4
+
+
+def test_client_timeout_cancels_and_counts_the_estimate(film, tmp_path, monkeypatch) -> None:
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=5.0) as fal:
+        extra = ["provider.client_timeout=0.5", "shots=[3]"]
+        code, _ = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch)
+        assert code == 1 and fal.stats.calls["cancel"] == 1
+    log = logs(film)["shot-03"]
+    assert "timed out after 0.5s" in log["error"] and log["request_id"] in log["error"]
+    events = [json.loads(line) for line in (film / "video/costs.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "settle" and events[-1]["cost_usd"] == log["estimate_usd"]

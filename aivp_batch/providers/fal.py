@@ -37,7 +37,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ..errors import AuthError, RequestFailed, TransientError
+from ..errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from ..keys import HOW_TO_SET, redact
 from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
 
@@ -344,7 +344,7 @@ class FalProvider(Provider):
                     )
                     _raise_if_transient(response, "submit")
         except (_Retry, *_SAFE_SUBMIT_ERRORS) as exc:
-            raise TransientError(
+            raise SubmitNotAccepted(
                 self._clean(
                     f"{endpoint}: submit not accepted ({_describe(exc)}) after "
                     f"{self.retry.attempts} attempts; nothing was queued"
@@ -393,6 +393,7 @@ class FalProvider(Provider):
                 f"{sub.endpoint}: timed out after {self.client_timeout:g}s; "
                 f"cancelled request {sub.request_id}",
                 request_id=sub.request_id,
+                may_be_billed=True,
             ) from None
 
     async def _wait(self, sub: Submission, on_status: StatusCallback | None) -> Outcome:
