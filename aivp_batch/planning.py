@@ -8,6 +8,7 @@ recognised whatever URL the upload got.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -181,18 +182,7 @@ def choose_mode(shot: Shot, spec: ModelSpec, character_refs: bool) -> ModeSpec:
 
 
 def _as_mode(mode_spec: ModeSpec, mode: str) -> ModeSpec:
-    if mode_spec.mode == mode:
-        return mode_spec
-    return ModeSpec(
-        model=mode_spec.model,
-        mode=mode,
-        endpoint=mode_spec.endpoint,
-        fields=mode_spec.fields,
-        durations=mode_spec.durations,
-        settings=mode_spec.settings,
-        ref_token=mode_spec.ref_token,
-        params=mode_spec.params,
-    )
+    return mode_spec if mode_spec.mode == mode else dataclasses.replace(mode_spec, mode=mode)
 
 
 def pick_prompt(shot: Shot, spec: ModelSpec) -> tuple[str, str]:

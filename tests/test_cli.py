@@ -183,14 +183,29 @@ def test_user_manifest_from_own_config_dir(film: Path, tmp_path: Path) -> None:
         "kind: list\nshots:\n"
         "  - {id: opening, prompt: 'Slow push in on the kitchen', start_frame: image/frames/shot-01-ff.png,"
         " duration: 5}\n"
-        "  - {id: closing, prompt: 'Static wide shot, lights go out', duration: 4}\n")
-    (conf / "evil.yaml").write_text("kind: list\nshots:\n  - {id: ../../etc/passwd, prompt: x, duration: 5}\n")
-    ok = run_cli("--config-dir", str(tmp_path / "myconf"), f"project_dir={film}", "provider=preview",
-                 "manifest=two_shots", cwd=tmp_path)
+        "  - {id: closing, prompt: 'Static wide shot, lights go out', duration: 4}\n"
+    )
+    (conf / "evil.yaml").write_text(
+        "kind: list\nshots:\n  - {id: ../../etc/passwd, prompt: x, duration: 5}\n"
+    )
+    ok = run_cli(
+        "--config-dir",
+        str(tmp_path / "myconf"),
+        f"project_dir={film}",
+        "provider=preview",
+        "manifest=two_shots",
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["closing.mp4", "opening.mp4"]
-    evil = run_cli("--config-dir", str(tmp_path / "myconf"), f"project_dir={film}", "provider=preview",
-                   "manifest=evil", cwd=tmp_path)
+    evil = run_cli(
+        "--config-dir",
+        str(tmp_path / "myconf"),
+        f"project_dir={film}",
+        "provider=preview",
+        "manifest=evil",
+        cwd=tmp_path,
+    )
     assert evil.returncode == 2 and "../../etc/passwd" in evil.stderr
     assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["closing.mp4", "opening.mp4"]
     assert not (tmp_path / "etc").exists()
