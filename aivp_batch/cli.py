@@ -46,7 +46,10 @@ class Paths:
     run_dir: Path
 
 
-def resolve_paths(cfg: DictConfig, run_dir: Path) -> Paths:
+def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> Paths:
+    """Where things go. A sweep member writes its clips, logs and plan into its own run dir (so
+    members stay comparable side by side) but shares the project's job store, so a render any
+    member or earlier run already paid for is reused."""
     project = Path(cfg.project_dir).expanduser().resolve() if cfg.project_dir else None
     if project is not None and not project.is_dir():
         raise ConfigError(f"project_dir={cfg.project_dir}: no such directory")
@@ -55,7 +58,8 @@ def resolve_paths(cfg: DictConfig, run_dir: Path) -> Paths:
             f"project_dir is required for manifest={cfg.manifest.kind} (e.g. project_dir=my-film)"
         )
     base = project if project is not None else run_dir
-    output = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else base / "video"
+    default_output = (run_dir if sweep_member else base) / "video"
+    output = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else default_output
     store = Path(cfg.store_dir).expanduser().resolve() if cfg.store_dir else base / ".aivp"
     return Paths(project, output, store, run_dir)
 
@@ -202,9 +206,9 @@ def _container(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def run(cfg: DictConfig, run_dir: Path) -> tuple[int, dict[str, Any]]:
+def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int, dict[str, Any]]:
     """The whole command, minus Hydra: returns (exit status, summary)."""
-    paths = resolve_paths(cfg, run_dir)
+    paths = resolve_paths(cfg, run_dir, sweep_member)
     plan, problems, warnings = build_plan(cfg, paths)
     if plan.errors:
         raise InputError("\n".join(plan.errors))
@@ -253,8 +257,9 @@ def main(cfg: DictConfig) -> int:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     secrets = [k for k in (os.environ.get("FAL_KEY"),) if k]
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
     try:
-        code, summary = run(cfg, run_dir)
+        code, summary = run(cfg, run_dir, sweep_member=multirun)
     except AivpError as exc:
         code, summary = (
             EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, PayloadInvalid)) else EXIT_FAILED,
@@ -266,6 +271,6 @@ def main(cfg: DictConfig) -> int:
     atomic_write_text(
         run_dir / "summary.json", redact(json.dumps(summary, indent=2, default=str), secrets) + "\n"
     )
-    if str(hc.mode) == "RunMode.RUN":
+    if not multirun:
         sys.exit(code)
-    return code
+    return code  # a sweep goes on to its other members; each records its own exit_status

@@ -42,6 +42,10 @@ class Progress:
             row.update({k: info.get(k) for k in ("queue_position", "state", "elapsed_s")})
             if changed and not self.live_enabled:
                 self._line(key, info.get("state", ""), _position(info))
+            for message in info.get("logs") or ():
+                row["log"] = message
+                if not self.live_enabled:
+                    self._line(key, "log", str(message))
         else:
             row.update(
                 status=status,

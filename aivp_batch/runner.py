@@ -166,7 +166,7 @@ class _JobRun:
 
     async def _attach(self, record: Mapping[str, Any]) -> JobResult:
         submission = self.provider.attach(record["submission"])
-        # The request was accepted in an earlier run; count it against this run's budget too.
+        # Accepted (and reserved) by an earlier run: nothing new to reserve; it is settled when done.
         await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
         self.record(
             "queued",

@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no fal schemas at {SCHEMAS} (expected ../shared/fal-schemas next to the repo)")
     n, k, lat = args.jobs, args.in_flight, args.latency
     ideal = math.ceil(n / k) * lat
+    args.load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="fal-bench-"))
     cache = tmp / "home" / "schemas"
     cache.mkdir(parents=True)
@@ -532,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
+    args.load_after = os.getloadavg()
     report = render(args, argv, ideal, rows, ours, big, notes)
     print("\n" + report)
     args.out.write_text(report, encoding="utf-8")
@@ -549,6 +551,9 @@ def render(args: Any, argv: list[str] | None, ideal: float, rows: list[dict], ou
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
+        f"- load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in args.load_before)}, "
+        f"after: {' / '.join(f'{x:.2f}' for x in args.load_after)} (other work on the machine skews "
+        "makespan and CPU)",
         f"- command: {cmd.replace('  ', ' ').replace(' `', '`')}",
         f"- workload: {n} T2V jobs (seedance v1.5, {CLIP_DURATION_S} s clips), fake fal server with "
         f"{lat:g} s generation latency, {k} in flight → ideal makespan {n} ÷ {k} × {lat:g} s = **{ideal:g} s**",

@@ -209,3 +209,38 @@ def test_user_manifest_from_own_config_dir(film: Path, tmp_path: Path) -> None:
     assert evil.returncode == 2 and "../../etc/passwd" in evil.stderr
     assert sorted(p.name for p in (film / "video/clips").glob("*.mp4")) == ["closing.mp4", "opening.mp4"]
     assert not (tmp_path / "etc").exists()
+
+
+def test_sweep_members_get_their_own_clips_and_share_the_store(film: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aivp_batch",
+            "-m",
+            f"project_dir={film}",
+            "provider=preview",
+            "shots=[3]",
+            "model=kling_v26,veo31",
+            "seed=1,2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "AIVP_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    members = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(members) == 4
+    durations = []
+    for member in members:
+        summary = json.loads(member.read_text())
+        assert summary["exit_status"] == 0 and summary["done"] == 1
+        durations.append(probe(member.parent / "video/clips/shot-03.mp4").duration_s)
+        assert json.loads((member.parent / "video/log/shot-03.json").read_text())["seed"] in (1, 2)
+    # Kling 2.6 raises the 4 s shot to 5 s, Veo keeps 4 s.
+    assert sorted(round(d) for d in durations) == [4, 4, 5, 5]
+    assert len(list((film / ".aivp/jobs").glob("*.json"))) == 4
+    assert not (film / "video").exists()
