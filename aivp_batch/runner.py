@@ -91,10 +91,15 @@ class _JobRun:
         return JobResult(self.job.key, "failed", error=message, request_id=self.log.get("request_id"))
 
     # -- the job -------------------------------------------------------------------------------
-    async def run(self, slots: asyncio.Semaphore) -> JobResult:
+    async def run(self, slots: asyncio.Semaphore, same_identity: asyncio.Lock) -> JobResult:
+        # Two jobs with one identity run one after the other, so the second reuses the first.
+        async with same_identity:
+            return await self._run(slots)
+
+    async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
-        if record.get("status") == DONE and self._reusable(record):
-            return self._reuse(record)
+        if record.get("status") == DONE and await self._restore(record, slots):
+            return self._reuse(self.ctx.journal.get(self.job.identity) or record)
         async with slots:
             if record.get("status") == SUBMITTED and record.get("submission"):
                 return await self._attach(record)
@@ -108,9 +113,28 @@ class _JobRun:
                 return JobResult(self.job.key, "pending", error="interrupted")
             return await self._submit(record)
 
-    def _reusable(self, record: Mapping[str, Any]) -> bool:
-        clip = self.ctx.journal.clip_path(self.job.identity)
-        return clip.exists() and record.get("clip", {}).get("sha256") == sha256_file(clip)
+    async def _restore(self, record: Mapping[str, Any], slots: asyncio.Semaphore) -> bool:
+        """Is the paid-for clip still at hand? From the store, a shot clip, or the result URL."""
+        store = self.ctx.journal.clip_path(self.job.identity)
+        want = (record.get("clip") or {}).get("sha256")
+        if store.exists() and sha256_file(store) == want:
+            return True
+        for shot in self.job.shots:
+            copy = self.ctx.clips_dir / f"{shot.id}.mp4"
+            if copy.exists() and sha256_file(copy) == want:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(copy, store)
+                return True
+        if not record.get("video_url"):
+            return False
+        try:
+            async with slots:
+                outcome = Outcome(output=record.get("output") or {}, video_url=record["video_url"])
+                clip = await self._download(outcome)
+        except (AivpError, OSError):
+            return False  # gone everywhere: render it again
+        self.ctx.journal.put(self.job.identity, {**record, "clip": clip})
+        return True
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
         self._place_clip()
@@ -358,4 +382,9 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
     if pending:  # a rejected key stops the run here, before any upload or submit
         await provider.check_auth()
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
-    return list(await asyncio.gather(*(run.run(slots) for run in runs)))
+    locks: dict[str, asyncio.Lock] = {}
+    return list(
+        await asyncio.gather(
+            *(run.run(slots, locks.setdefault(run.job.identity, asyncio.Lock())) for run in runs)
+        )
+    )

@@ -268,3 +268,29 @@ def test_client_timeout_cancels_and_counts_the_estimate(film, tmp_path, monkeypa
     assert "timed out after 0.5s" in log["error"] and log["request_id"] in log["error"]
     events = [json.loads(line) for line in (film / "video/costs.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "settle" and events[-1]["cost_usd"] == log["estimate_usd"]
+
+
+def test_lost_clips_come_back_without_paying_again(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0
+    shutil.rmtree(film / ".aivp/clips")  # the store's copies are gone…
+    (film / "video/clips/shot-01.mp4").unlink()  # …and one shot clip too
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 0 and fal.stats.calls["submit"] == 4
+    assert fal.stats.calls["download"] == 5  # only shot-01 was fetched again from its result URL
+    assert (film / "video/clips/shot-01.mp4").exists()
+
+
+def test_identical_shots_are_rendered_once(fal, film, tmp_path, monkeypatch) -> None:
+    shots = film / "storyboard/storyboard-final/shots"
+    shutil.copy(shots / "shot-03.md", shots / "shot-05.md")
+    (film / "storyboard/storyboard-final/frame-plan.md").unlink()
+    code, summary = run_in_process(
+        fal_overrides(fal, film, tmp_path, "seed=9"), tmp_path / "run", monkeypatch
+    )
+    assert code == 0, summary
+    assert fal.stats.calls["submit"] == 4 and len(logs(film)) == 5
+    assert (
+        logs(film)["shot-05"]["reused"]
+        and logs(film)["shot-05"]["request_id"] == logs(film)["shot-03"]["request_id"]
+    )
