@@ -33,8 +33,10 @@ class MediaInfo:
     bytes: int
 
 
-def probe(path: Path, *, count_frames: bool = True) -> MediaInfo:
-    """Describe the video at `path`; decode every frame when `count_frames` (slower, but true)."""
+def probe(path: Path, *, count_frames: bool = True, decode_all: bool = True) -> MediaInfo:
+    """Describe the video at `path`. `count_frames` counts frames instead of trusting the header:
+    by decoding every frame (`decode_all`, exact) or by counting packets and decoding only until the
+    first frame (proves it decodes; several times faster)."""
     path = Path(path)
     try:
         with av.open(str(path)) as container:
@@ -42,8 +44,10 @@ def probe(path: Path, *, count_frames: bool = True) -> MediaInfo:
                 raise MediaError(f"{path.name}: not a decodable video (no video stream)")
             stream = container.streams.video[0]
             fps = _stream_fps(stream)
-            if count_frames:
+            if count_frames and decode_all:
                 frames, duration = _count_decoded(container, stream, fps)
+            elif count_frames:
+                frames, duration = _count_packets(container, stream, fps)
             else:
                 frames, duration = _header_length(container, stream, fps)
             return MediaInfo(
@@ -63,10 +67,12 @@ def probe(path: Path, *, count_frames: bool = True) -> MediaInfo:
         raise MediaError(f"{path.name}: not a decodable video ({_reason(exc)})") from exc
 
 
-def verify_clip(path: Path, expected_duration_s: float | None, tolerance_s: float = 0.25) -> MediaInfo:
-    """Decode the clip and raise MediaError unless it has frames and (if given) the expected length."""
+def verify_clip(
+    path: Path, expected_duration_s: float | None, tolerance_s: float = 0.25, *, decode_all: bool = False
+) -> MediaInfo:
+    """Raise MediaError unless the clip decodes, has frames and (if given) the expected length."""
     path = Path(path)
-    info = probe(path, count_frames=True)
+    info = probe(path, count_frames=True, decode_all=decode_all)
     if info.frames == 0:
         raise MediaError(f"{path.name}: the video stream has no decodable frames")
     if expected_duration_s is not None and abs(info.duration_s - expected_duration_s) > tolerance_s:
@@ -108,6 +114,29 @@ def _count_decoded(container: av.container.InputContainer, stream, fps: Fraction
     if first is None or last is None:
         return frames, frames * frame_s
     # The span of presentation times plus the last frame's own display time.
+    return frames, round(last - first + frame_s, 6)
+
+
+def _count_packets(container: av.container.InputContainer, stream, fps: Fraction | None) -> tuple[int, float]:
+    """Frame count and duration from the packets' timestamps, decoding only until a frame appears."""
+    frames, first, last, decoded = 0, None, None, False
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's final flush packet
+            continue
+        frames += 1
+        if packet.pts is not None and packet.time_base is not None:
+            t = float(packet.pts * packet.time_base)
+            first = t if first is None else min(first, t)
+            last = t if last is None else max(last, t)
+        if not decoded:
+            decoded = bool(packet.decode())
+    if frames and not decoded:
+        decoded = any(True for _ in stream.codec_context.decode(None))  # frames held back by the decoder
+    if not decoded:
+        return 0, 0.0
+    frame_s = 1 / float(fps) if fps else 0.0
+    if first is None or last is None:
+        return frames, frames * frame_s
     return frames, round(last - first + frame_s, 6)
 
 

@@ -10,9 +10,11 @@ the old or the new version, never half of one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +50,11 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
         raise
 
 
-def atomic_write_json(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+def atomic_write_json(
+    path: Path, data: Mapping[str, Any], *, durable: bool = True, pretty: bool = True
+) -> None:
+    # indent=None lets json use its C encoder: the journal is for machines, logs are for people.
+    text = json.dumps(data, indent=2 if pretty else None, ensure_ascii=False, default=str) + "\n"
     atomic_write_text(path, text, durable=durable)
 
 
@@ -72,7 +77,7 @@ class Journal:
 
     def put(self, identity: str, record: Mapping[str, Any]) -> dict[str, Any]:
         data = {**record, "identity": identity, "updated": now_iso()}
-        atomic_write_json(self.dir / f"{identity}.json", data)
+        atomic_write_json(self.dir / f"{identity}.json", data, pretty=False)
         return data
 
     def clip_path(self, identity: str) -> Path:
@@ -97,25 +102,29 @@ def read_logs(log_dir: Path) -> list[dict[str, Any]]:
     return [log for log in logs if log]
 
 
+def plan_row(log: Mapping[str, Any]) -> str:
+    """One table row, without its leading `| # ` column."""
+    cost = log.get("cost_usd")
+    cells = (
+        log.get("id", "?"),
+        f"`{log.get('file') or ''}`",
+        f"`{log.get('model') or ''}`",
+        log.get("mode") or "",
+        log.get("status", "pending"),
+        "" if log.get("seed") is None else log["seed"],
+        "" if cost is None else f"${cost:.2f}",
+        log.get("request_id") or "",
+    )
+    return " | ".join(str(c) for c in cells) + " |"
+
+
 def render_plan(logs: Iterable[Mapping[str, Any]]) -> str:
     """The spec's plan table, plus Seed, Cost and Request ID."""
-    rows = []
-    for i, log in enumerate(sorted(logs, key=_order), start=1):
-        cost = log.get("cost_usd")
-        rows.append(
-            "| {} | {} | `{}` | `{}` | {} | {} | {} | {} | {} |".format(
-                i,
-                log.get("id", "?"),
-                log.get("file") or "",
-                log.get("model") or "",
-                log.get("mode") or "",
-                log.get("status", "pending"),
-                "" if log.get("seed") is None else log["seed"],
-                "" if cost is None else f"${cost:.2f}",
-                log.get("request_id") or "",
-            )
-        )
-    body = "\n".join(rows) + ("\n" if rows else "")
+    return _plan_text([plan_row(log) for log in sorted(logs, key=_order)])
+
+
+def _plan_text(rows: list[str]) -> str:
+    body = "".join(f"| {i} | {row}\n" for i, row in enumerate(rows, start=1))
     return "# Video generation plan\n\n" + PLAN_HEADER + body
 
 
@@ -136,12 +145,33 @@ class PlanBoard:
     """The shot logs of an output dir, held in memory so each change rewrites one log and plan.md
     without re-reading every other log."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, min_interval_s: float = 0.2) -> None:
         self.output_dir = output_dir
         self.log_dir = output_dir / "log"
-        self.logs = {str(log.get("id")): log for log in read_logs(self.log_dir)}
+        self.min_interval_s = min_interval_s
+        # Each shot's rendered row, so a change re-formats one row, not the whole table.
+        self._rows = {str(log.get("id")): (_order(log), plan_row(log)) for log in read_logs(self.log_dir)}
+        self._written_at = 0.0
+        self._pending: asyncio.TimerHandle | None = None
 
     def update(self, shot_id: str, log: Mapping[str, Any]) -> None:
-        self.logs[shot_id] = dict(log)
+        """Write the shot's log now; rewrite plan.md now, or within `min_interval_s` during a burst of
+        changes (hundreds of jobs changing at once would otherwise rewrite it hundreds of times)."""
+        self._rows[shot_id] = (_order(log), plan_row(log))
         atomic_write_json(self.log_dir / f"{shot_id}.json", log, durable=False)
-        atomic_write_text(self.output_dir / "plan.md", render_plan(self.logs.values()), durable=False)
+        wait = self.min_interval_s - (time.monotonic() - self._written_at)
+        if wait <= 0:
+            self.flush()
+        elif self._pending is None:
+            try:
+                self._pending = asyncio.get_running_loop().call_later(wait, self.flush)
+            except RuntimeError:  # no event loop: write at once
+                self.flush()
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        rows = [row for _, row in sorted(self._rows.values())]
+        atomic_write_text(self.output_dir / "plan.md", _plan_text(rows), durable=False)
+        self._written_at = time.monotonic()

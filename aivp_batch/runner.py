@@ -383,8 +383,11 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
         await provider.check_auth()
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
     locks: dict[str, asyncio.Lock] = {}
-    return list(
-        await asyncio.gather(
-            *(run.run(slots, locks.setdefault(run.job.identity, asyncio.Lock())) for run in runs)
+    try:
+        return list(
+            await asyncio.gather(
+                *(run.run(slots, locks.setdefault(run.job.identity, asyncio.Lock())) for run in runs)
+            )
         )
-    )
+    finally:
+        ctx.board.flush()

@@ -179,7 +179,9 @@ class CliRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def run_cli(project: Path, url: str, run_dir: Path, cache: Path, *extra: str, profile: Path | None = None) -> CliRun:
+def run_cli(
+    project: Path, url: str, run_dir: Path, cache: Path, *extra: str, profile: Path | None = None
+) -> CliRun:
     """`python -m aivp_batch …` as a child; CPU and peak RSS of that child alone (wait4)."""
     overrides = [
         f"project_dir={project}",
@@ -315,9 +317,10 @@ def spec_baseline(url: str, jobs: list[tuple[str, dict]], dest: Path) -> float:
                     break
             result = http.get(data["response_url"], headers=headers)
             result.raise_for_status()
-            with http.stream("GET", result.json()["video"]["url"]) as response, (dest / f"{i:03d}.mp4").open(
-                "wb"
-            ) as f:
+            with (
+                http.stream("GET", result.json()["video"]["url"]) as response,
+                (dest / f"{i:03d}.mp4").open("wb") as f,
+            ):
                 for chunk in response.iter_bytes(1 << 16):
                     f.write(chunk)
     return time.perf_counter() - t0
@@ -331,7 +334,7 @@ def per_clip(calls: dict[str, int], n: int) -> dict[str, float]:
 
 
 def calls_cell(pc: dict[str, float]) -> str:
-    parts = [f"{k} {pc[k]:g}" for k in QUEUE_KINDS if pc[k]]
+    parts = [f"{k} {pc[k]:.3g}" for k in QUEUE_KINDS if pc[k]]
     return " + ".join(parts) + f" = **{sum(pc[k] for k in QUEUE_KINDS):.3g}**"
 
 
@@ -344,7 +347,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, Python {sys.version.split()[0]}"
+    return (
+        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, Python "
+        f"{sys.version.split()[0]}"
+    )
 
 
 def fmt(x: float | None, spec: str = ".2f") -> str:
@@ -380,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     ours: dict[str, Any] = {}
-    print(f"temp dir {tmp}; {n} jobs, {k} in flight, {lat:g} s latency, ideal makespan {ideal:g} s", flush=True)
+    print(
+        f"temp dir {tmp}; {n} jobs, {k} in flight, {lat:g} s latency, ideal makespan {ideal:g} s", flush=True
+    )
     server = Server(lat)
     try:
         ours_extra = [f"provider.max_in_flight={k}", f"provider.poll_interval={args.poll_interval}"]
@@ -393,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(j["endpoint"], j["payload"]) for j in dry.summary["plan"]["jobs"]]
         assert len(jobs) == n and len({json.dumps(pl, sort_keys=True) for _, pl in jobs}) == n
         modes = {j["mode"] for j in dry.summary["plan"]["jobs"]}
-        print(f"dry run: {dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB; modes {modes}")
+        print(
+            f"dry run: {dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB; modes {modes}"
+        )
 
         # -- aivp-batch, small clips --
         server.reset()
@@ -428,8 +438,10 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(
-            f"aivp-batch: span {st['span_s']:.2f} s (progress lines: {fmt(mk_client)} s), wall {real.wall_s:.2f} s, "
-            f"CPU {real.cpu_s:.2f} s ({run_cpu:.2f} s minus dry run), RSS {real.maxrss_mb:.0f} MB, calls {st['calls']}",
+            f"aivp-batch: span {st['span_s']:.2f} s (progress lines: {fmt(mk_client)} s), wall "
+            f"{real.wall_s:.2f} s, "
+            f"CPU {real.cpu_s:.2f} s ({run_cpu:.2f} s minus dry run), RSS {real.maxrss_mb:.0f} MB, "
+            f"calls {st['calls']}",
             flush=True,
         )
 
@@ -450,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 version = patch_fal_client(server.url)
             except ImportError:
-                notes.append("fal-client not installed: `.venv/bin/pip install -e \".[bench]\"`")
+                notes.append('fal-client not installed: `.venv/bin/pip install -e ".[bench]"`')
             else:
                 server.reset()
                 c0 = time.process_time()
@@ -459,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
                 st = server.stats()
                 rows.append(
                     {
-                        "name": f"fal-client {version} AsyncClient (`submit` + `handle.get()`, Semaphore({k}))",
+                        "name": (
+                            f"fal-client {version} AsyncClient (`submit` + `handle.get()`, Semaphore({k}))"
+                        ),
                         "jobs": n,
                         "makespan": st["span_s"],
                         "calls": per_clip(st["calls"], n),
@@ -468,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         "dups": st["duplicate_submits"],
                     }
                 )
-                print(f"fal-client: span {st['span_s']:.2f} s, CPU {cpu:.2f} s, calls {st['calls']}", flush=True)
+                print(
+                    f"fal-client: span {st['span_s']:.2f} s, CPU {cpu:.2f} s, calls {st['calls']}", flush=True
+                )
                 shutil.rmtree(tmp / "dl-fal-client")
 
         # -- spec baseline --
@@ -503,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         need = size * n * 1.2
         free = shutil.disk_usage(tmp).free
         if free < need + 2 * 1024**3:
-            notes.append(f"big-clip pass skipped: {free / 1024**3:.1f} GiB free, need {need / 1024**3:.1f} GiB")
+            notes.append(
+                f"big-clip pass skipped: {free / 1024**3:.1f} GiB free, need {need / 1024**3:.1f} GiB"
+            )
         else:
             server = Server(lat, video_size=size)
             try:
@@ -522,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                     "jobs": n,
                     "makespan": st["span_s"],
                     "calls": per_clip(st["calls"], n),
-                    "cpu": f"{1000 * run.cpu_s / n:.1f} total / **{1000 * (run.cpu_s - ours['dry_cpu']) / n:.1f}** run phase",
+                    "cpu": (
+                        f"{1000 * run.cpu_s / n:.1f} total / "
+                        f"**{1000 * (run.cpu_s - ours['dry_cpu']) / n:.1f}** run phase"
+                    ),
                     "rss": f"**{run.maxrss_mb:.0f}**",
                     "dups": st["duplicate_submits"],
                 }
@@ -543,9 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(args: Any, argv: list[str] | None, ideal: float, rows: list[dict], ours: dict, big: dict | None, notes: list[str]) -> str:
+def render(
+    args: Any,
+    argv: list[str] | None,
+    ideal: float,
+    rows: list[dict],
+    ours: dict,
+    big: dict | None,
+    notes: list[str],
+) -> str:
     n, k, lat = args.jobs, args.in_flight, args.latency
-    cmd = "`.venv/bin/python bench/fal_bench.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`"
+    cmd = (
+        "`.venv/bin/python bench/fal_bench.py "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+        + "`"
+    )
     lines = [
         "# fal provider benchmark",
         "",
@@ -556,11 +589,13 @@ def render(args: Any, argv: list[str] | None, ideal: float, rows: list[dict], ou
         "makespan and CPU)",
         f"- command: {cmd.replace('  ', ' ').replace(' `', '`')}",
         f"- workload: {n} T2V jobs (seedance v1.5, {CLIP_DURATION_S} s clips), fake fal server with "
-        f"{lat:g} s generation latency, {k} in flight → ideal makespan {n} ÷ {k} × {lat:g} s = **{ideal:g} s**",
+        f"{lat:g} s generation latency, {k} in flight → ideal makespan {n} ÷ {k} × {lat:g} s = "
+        f"**{ideal:g} s**",
         "",
         "## Results",
         "",
-        "| approach | jobs | makespan (s) | vs ideal | queue calls / clip | downloads / clip | client CPU / clip (ms) | peak RSS (MB) |",
+        "| approach | jobs | makespan (s) | vs ideal | queue calls / clip | downloads / clip | "
+        "client CPU / clip (ms) | peak RSS (MB) |",
         "|---|---:|---:|---:|---|---:|---|---:|",
     ]
     for r in rows:
@@ -587,13 +622,18 @@ def render(args: Any, argv: list[str] | None, ideal: float, rows: list[dict], ou
         lines += [
             "## aivp-batch details",
             "",
-            f"- total wall time of the command (Python + Hydra start-up, planning, validation, run, records): "
-            f"**{ours['wall']:.2f} s**; makespan by its own progress lines (first `queued` → last `done`, 0.1 s "
-            f"resolution): {fmt(ours['mk_client'])} s, first `queued` at {fmt(ours['first_q'], '.1f')} s after "
+            f"- total wall time of the command (Python + Hydra start-up, planning, validation, run, "
+            f"records): "
+            f"**{ours['wall']:.2f} s**; makespan by its own progress lines (first `queued` → last "
+            f"`done`, 0.1 s "
+            f"resolution): {fmt(ours['mk_client'])} s, first `queued` at "
+            f"{fmt(ours['first_q'], '.1f')} s after "
             "the run phase began",
             f"- dry run of the same {n}-shot project (start-up + read storyboard + plan + validate, no "
-            f"submit): {ours['dry_wall']:.2f} s wall, {ours['dry_cpu']:.2f} s CPU, peak RSS {ours['dry_rss']:.0f} MB",
-            f"- CPU of the command: {ours['cpu']:.2f} s = {1000 * ours['cpu'] / n:.1f} ms/clip including start-up; "
+            f"submit): {ours['dry_wall']:.2f} s wall, {ours['dry_cpu']:.2f} s CPU, peak RSS "
+            f"{ours['dry_rss']:.0f} MB",
+            f"- CPU of the command: {ours['cpu']:.2f} s = {1000 * ours['cpu'] / n:.1f} ms/clip "
+            f"including start-up; "
             f"minus the dry run: {ours['run_cpu']:.2f} s = **{1000 * ours['run_cpu'] / n:.2f} ms/clip**",
             f"- other calls in the run: {extra or 'none'}; duplicate submits: {st['duplicate_submits']}; "
             f"max open SSE streams: {st['max_open_streams']}",
@@ -602,8 +642,10 @@ def render(args: Any, argv: list[str] | None, ideal: float, rows: list[dict], ou
             run, bst = big["run"], big["stats"]
             lines += [
                 f"- {big['size'] / 1024**2:g} MB clips: {n} × {big['size'] / 1024**2:g} MB = "
-                f"{n * big['size'] / 1024**3:.1f} GiB downloaded, verified and hashed; wall {run.wall_s:.2f} s, "
-                f"CPU {run.cpu_s:.2f} s, peak RSS **{run.maxrss_mb:.0f} MB** (small clips: {ours['rss']:.0f} MB, "
+                f"{n * big['size'] / 1024**3:.1f} GiB downloaded, verified and hashed; wall "
+                f"{run.wall_s:.2f} s, "
+                f"CPU {run.cpu_s:.2f} s, peak RSS **{run.maxrss_mb:.0f} MB** (small clips: "
+                f"{ours['rss']:.0f} MB, "
                 f"dry run: {ours['dry_rss']:.0f} MB); makespan {fmt(bst['span_s'])} s",
             ]
         lines.append("")
@@ -647,7 +689,8 @@ def targets(ours: dict, big: dict | None, ideal: float, n: int) -> list[str]:
         "",
         "| target | measured | |",
         "|---|---|---|",
-        f"| makespan within 5% of {ideal:g} s | {span:.2f} s ({100 * (span / ideal - 1):+.1f}%) | {ok(span <= 1.05 * ideal)} |",
+        f"| makespan within 5% of {ideal:g} s | {span:.2f} s ({100 * (span / ideal - 1):+.1f}%) | "
+        f"{ok(span <= 1.05 * ideal)} |",
         f"| ≤ 3 queue calls per clip + 1 download | {q:g} + {dl:g} | {ok(q <= 3 and dl <= 1)} |",
         f"| orchestrator CPU < 5 ms per clip (run phase) | {1000 * ours['run_cpu'] / n:.2f} ms "
         f"({1000 * ours['cpu'] / n:.1f} ms with start-up) | {ok(1000 * ours['run_cpu'] / n < 5)} |",
@@ -655,7 +698,8 @@ def targets(ours: dict, big: dict | None, ideal: float, n: int) -> list[str]:
     if big:
         rss = big["run"].maxrss_mb
         out.append(
-            f"| peak RSS < 200 MB with {big['size'] / 1024**2:g} MB clips | {rss:.0f} MB (small clips {ours['rss']:.0f} MB) "
+            f"| peak RSS < 200 MB with {big['size'] / 1024**2:g} MB clips | {rss:.0f} MB (small "
+            f"clips {ours['rss']:.0f} MB) "
             f"| {ok(rss < 200)} |"
         )
     return [*out, ""]

@@ -90,7 +90,7 @@ def test_sixty_concurrent_streams() -> None:
         return await generate(p, {"prompt": f"shot {i}", "duration": "2"})
 
     async def main(fal: FakeFal):
-        async with make(fal) as p:
+        async with make(fal, max_in_flight=64) as p:
             return await asyncio.gather(*(one(p, i) for i in range(64)))
 
     with FakeFal(latency_s=1.0) as fal:

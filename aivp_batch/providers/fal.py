@@ -219,7 +219,7 @@ class FalProvider(Provider):
         client_timeout: float | None = None,
         use_stream: bool = True,
         retry: RetryPolicy | None = None,
-        max_connections: int = 100,
+        max_in_flight: int = 50,
     ) -> None:
         self._key = key
         self.queue_url = queue_url.rstrip("/")
@@ -230,7 +230,12 @@ class FalProvider(Provider):
         self.client_timeout = client_timeout
         self.use_stream = use_stream
         self.retry = retry or RetryPolicy()
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # httpcore scans its whole pool on every request: size the pools to the work (one connection
+        # per job in flight, a few spare for uploads and the token), not to a big default.
+        pool = max_in_flight + 4
+        short = min(pool, 16)  # submits, results, downloads are brief: a few connections serve many jobs
+        limits = httpx.Limits(max_connections=short, max_keepalive_connections=short)
+        stream_limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
         tls = _tls_context()
         # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
@@ -240,9 +245,12 @@ class FalProvider(Provider):
         # Streams hold a connection for a whole job, so they get their own pool and never starve
         # submits and downloads; when all stream slots are taken a wait polls instead.
         self._sse = httpx.AsyncClient(
-            verify=tls, limits=limits, headers=headers, timeout=httpx.Timeout(60.0, connect=30.0, pool=None)
+            verify=tls,
+            limits=stream_limits,
+            headers=headers,
+            timeout=httpx.Timeout(60.0, connect=30.0, pool=None),
         )
-        self._stream_slots = asyncio.Semaphore(max_connections)
+        self._stream_slots = asyncio.Semaphore(pool)
         self._token: tuple[str, str, float] | None = None  # (type, token, expires epoch)
         self._token_lock = asyncio.Lock()
         self._uploaded: dict[str, str] = {}
