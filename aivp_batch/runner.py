@@ -67,6 +67,7 @@ class _JobRun:
         self.job, self.ctx, self.provider = job, ctx, provider
         self.log: dict[str, Any] = initial_log(job, ctx)
         self.t0 = time.monotonic()
+        self._slot: asyncio.Semaphore | None = None
 
     # -- records -------------------------------------------------------------------------------
     def record(self, status: str, **fields: Any) -> None:
@@ -98,9 +99,13 @@ class _JobRun:
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
-        if record.get("status") == DONE and await self._restore(record, slots):
+        if record.get("status") == DONE and await self._restore(record):
             return self._reuse(self.ctx.journal.get(self.job.identity) or record)
-        async with slots:
+        # A slot is a request in flight at the provider: it is given back as soon as the result is
+        # in, so the next job is submitted while this one downloads and verifies.
+        await slots.acquire()
+        self._slot = slots
+        try:
             if record.get("status") == SUBMITTED and record.get("submission"):
                 return await self._attach(record)
             if record.get("status") == UNKNOWN and not self.ctx.resubmit_unknown:
@@ -112,8 +117,15 @@ class _JobRun:
                 self.record("pending", error="not submitted: run interrupted")
                 return JobResult(self.job.key, "pending", error="interrupted")
             return await self._submit(record)
+        finally:
+            self._release_slot()
 
-    async def _restore(self, record: Mapping[str, Any], slots: asyncio.Semaphore) -> bool:
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
+
+    async def _restore(self, record: Mapping[str, Any]) -> bool:
         """Is the paid-for clip still at hand? From the store, a shot clip, or the result URL."""
         store = self.ctx.journal.clip_path(self.job.identity)
         want = (record.get("clip") or {}).get("sha256")
@@ -128,9 +140,8 @@ class _JobRun:
         if not record.get("video_url"):
             return False
         try:
-            async with slots:
-                outcome = Outcome(output=record.get("output") or {}, video_url=record["video_url"])
-                clip = await self._download(outcome)
+            outcome = Outcome(output=record.get("output") or {}, video_url=record["video_url"])
+            clip = await self._download(outcome)
         except (AivpError, OSError):
             return False  # gone everywhere: render it again
         self.ctx.journal.put(self.job.identity, {**record, "clip": clip})
@@ -215,6 +226,7 @@ class _JobRun:
         except (TimeoutError, ProviderError) as exc:
             # Still accepted at the provider: keep `submitted` so the next run re-attaches.
             return self.fail(f"lost contact with request {submission.request_id}: {exc}; rerun to re-attach")
+        self._release_slot()
         try:
             clip = await self._download(outcome)
         except (MediaError, ProviderError, OSError) as exc:
