@@ -29,7 +29,7 @@ from .manifest import load_shots
 from .models import build_model_spec
 from .planning import Job, Plan, plan_jobs
 from .progress import Progress
-from .records import Journal, PlanBoard, atomic_write_text, now_iso, relpath
+from .records import Journal, PlanBoard, UploadCache, atomic_write_text, now_iso, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import SchemaStore
 from .storyboard import select_shots
@@ -166,6 +166,7 @@ async def execute(
         max_in_flight=int(cfg.provider.max_in_flight),
         schema_sha=schema_sha,
         resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
+        uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
         on_event=progress,
     )
     _install_interrupts(ctx)

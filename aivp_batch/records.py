@@ -84,6 +84,26 @@ class Journal:
         return self.clips / f"{identity}.mp4"
 
 
+class UploadCache:
+    """URLs of files already uploaded, by provider and content sha256, kept for `ttl_s` (fal keeps
+    uploads for days; reusing the URL saves re-uploading a keyframe on every rerun)."""
+
+    def __init__(self, store_dir: Path, ttl_s: float) -> None:
+        self.path = store_dir / "uploads.json"
+        self.ttl_s = ttl_s
+        self._entries: dict[str, dict[str, Any]] = read_json(self.path) or {}
+
+    def get(self, provider: str, sha256: str) -> str | None:
+        entry = self._entries.get(f"{provider}:{sha256}")
+        if entry and time.time() - float(entry.get("at", 0)) < self.ttl_s:
+            return str(entry["url"])
+        return None
+
+    def put(self, provider: str, sha256: str, url: str) -> None:
+        self._entries[f"{provider}:{sha256}"] = {"url": url, "at": time.time()}
+        atomic_write_json(self.path, self._entries, pretty=False)
+
+
 def relpath(path: Path | str | None, root: Path | None) -> str | None:
     """A path as recorded: relative to the project when inside it, else as given."""
     if path is None:

@@ -23,7 +23,7 @@ from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitN
 from .media import sha256_file, verify_clip
 from .planning import Job
 from .providers.base import Outcome, Provider, StatusUpdate, Submission
-from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, now_iso, relpath
+from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 
 DURATION_TOLERANCE_S = 0.6
 
@@ -41,6 +41,7 @@ class RunContext:
     max_in_flight: int = 2
     schema_sha: Mapping[str, str] = field(default_factory=dict)
     resubmit_unknown: bool = False
+    uploads: UploadCache | None = None
     on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
     stop_submitting: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
@@ -276,7 +277,15 @@ class _JobRun:
             cancel.cancel()
 
     async def _upload_files(self) -> dict[str, Any]:
-        uris = {path.as_uri(): await self.provider.upload(path) for path in self.job.files.values()}
+        uris = {}
+        for key, path in self.job.files.items():
+            sha = self.job.file_hashes[key]
+            url = self.ctx.uploads.get(self.job.provider, sha) if self.ctx.uploads else None
+            if url is None:
+                url = await self.provider.upload(path)
+                if self.ctx.uploads and url.startswith(("http://", "https://")):
+                    self.ctx.uploads.put(self.job.provider, sha, url)
+            uris[path.as_uri()] = url
         return _replace(self.job.payload, uris)
 
     async def _download(self, outcome: Outcome) -> dict[str, Any]:

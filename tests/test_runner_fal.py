@@ -294,3 +294,16 @@ def test_identical_shots_are_rendered_once(fal, film, tmp_path, monkeypatch) -> 
         logs(film)["shot-05"]["reused"]
         and logs(film)["shot-05"]["request_id"] == logs(film)["shot-03"]["request_id"]
     )
+
+
+def test_rerun_reuses_uploaded_keyframes(fal, film, tmp_path, monkeypatch) -> None:
+    fal.faults.add(Fault("fail_generation", on="submit", times=1, after=0, status_code=422))
+    code, _ = run_in_process(
+        fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run", monkeypatch
+    )
+    assert code == 1 and logs(film)["shot-01"]["status"] == "failed"
+    assert fal.stats.calls["upload"] == 4
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    assert code == 0 and fal.stats.calls["submit"] == 5
+    assert fal.stats.calls["upload"] == 4  # shot-01's keyframe URL came from the upload cache
+    assert json.loads((film / ".aivp/uploads.json").read_text())
