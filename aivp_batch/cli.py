@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import sys
@@ -19,16 +18,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .budget import Ledger
 from .errors import AivpError, AuthError, ConfigError, InputError, PayloadInvalid
-from .keys import HOW_TO_SET, find_fal_key, redact
+from .keys import find_key, how_to_set, redact
 from .manifest import load_shots
 from .models import build_model_spec
 from .planning import Job, Plan, plan_jobs
 from .progress import Progress
+from .providers.base import Provider
 from .records import Journal, PlanBoard, UploadCache, atomic_write_text, now_iso, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import SchemaStore
@@ -98,18 +98,25 @@ def schema_store(cfg: DictConfig) -> SchemaStore:
         ttl_s=float(cfg.schema_ttl_s),
         offline=bool(cfg.offline),
     )
-    if cfg.provider.name == "preview":
-        from .providers.preview import PREVIEW_ENDPOINT, preview_openapi
-
-        store.register(PREVIEW_ENDPOINT, preview_openapi())
+    if cfg.provider.get("schema_document"):  # a provider that publishes its own schema (the preview)
+        store.register(str(cfg.provider.endpoint), get_method(cfg.provider.schema_document)())
     return store
 
 
-def make_provider(cfg: DictConfig, paths: Paths):  # -> Provider
-    if cfg.provider.get("needs_key"):
-        key = find_fal_key()
-        if not key:
-            raise AuthError(f"no FAL_KEY found: {HOW_TO_SET}")
+def provider_key(cfg: DictConfig) -> str | None:
+    """The provider's API key (None for providers that need none); AuthError when it is missing."""
+    name = cfg.provider.get("key_env")
+    if not name:
+        return None
+    key = find_key(str(name))
+    if not key:
+        raise AuthError(f"no {name} found: {how_to_set(str(name))}")
+    return key
+
+
+def make_provider(cfg: DictConfig, paths: Paths) -> Provider:
+    key = provider_key(cfg)
+    if key is not None:
         return instantiate(cfg.provider.client, key=key)
     return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
 
@@ -257,7 +264,8 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
 def main(cfg: DictConfig) -> int:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    secrets = [k for k in (os.environ.get("FAL_KEY"),) if k]
+    name = cfg.provider.get("key_env")
+    secrets = [k for k in (find_key(str(name)) if name else None,) if k]
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
     try:
         code, summary = run(cfg, run_dir, sweep_member=multirun)

@@ -1,8 +1,8 @@
-"""Finding the fal API key, and keeping it out of anything printed.
+"""Finding a provider's API key, and keeping it out of anything printed.
 
-Order: `FAL_KEY` in the environment, then `./.env`, `~/.env`, `~/.aivp/.env`. The files are
-parsed with python-dotenv (`KEY=value` lines, never executed, no `${VAR}` interpolation), so a
-hostile `.env` cannot run anything.
+Order (for fal's `FAL_KEY`; other providers name their own variable): the environment, then
+`./.env`, `~/.env`, `~/.aivp/.env`. The files are parsed with python-dotenv (`KEY=value` lines,
+never executed, no `${VAR}` interpolation), so a hostile `.env` cannot run anything.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 KEY_NAME = "FAL_KEY"
-HOW_TO_SET = "set FAL_KEY in the environment or in ./.env, ~/.env or ~/.aivp/.env"
+HOW_TO_SET = "set FAL_KEY in the environment or in ./.env, ~/.env or ~/.aivp/.env"  # fal's wording
 
 
 def key_files(cwd: Path, home: Path) -> list[Path]:
@@ -22,15 +22,26 @@ def key_files(cwd: Path, home: Path) -> list[Path]:
     return [cwd / ".env", home / ".env", home / ".aivp" / ".env"]
 
 
+def how_to_set(name: str) -> str:
+    return f"set {name} in the environment or in ./.env, ~/.env or ~/.aivp/.env"
+
+
 def find_fal_key(
     env: Mapping[str, str] | None = None, cwd: Path | None = None, home: Path | None = None
 ) -> str | None:
     """The first non-empty FAL_KEY from the environment or the `.env` files; None if there is none."""
+    return find_key(KEY_NAME, env, cwd, home)
+
+
+def find_key(
+    name: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, home: Path | None = None
+) -> str | None:
+    """The first non-empty `name` from the environment or the `.env` files; None if there is none."""
     env = os.environ if env is None else env
     # Defaults are resolved per call (not at import) so a changed cwd/HOME is honoured.
     cwd = Path.cwd() if cwd is None else cwd
     home = Path.home() if home is None else home
-    value = (env.get(KEY_NAME) or "").strip()
+    value = (env.get(name) or "").strip()
     if value:
         return value
     for path in key_files(cwd, home):
@@ -40,7 +51,7 @@ def find_fal_key(
             values = dotenv_values(path, interpolate=False)
         except (OSError, UnicodeDecodeError):
             continue  # an unreadable file is skipped, like a missing one
-        value = (values.get(KEY_NAME) or "").strip()
+        value = (values.get(name) or "").strip()
         if value:
             return value
     return None

@@ -59,7 +59,6 @@ class Provider(abc.ABC):
     """One hosted or local video service. Use as an async context manager."""
 
     name: str = "provider"
-    needs_key: bool = False
 
     async def __aenter__(self) -> Provider:
         return self

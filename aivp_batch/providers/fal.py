@@ -206,7 +206,6 @@ class FalProvider(Provider):
     """fal.ai over its queue API, with httpx. Use as an async context manager."""
 
     name = "fal"
-    needs_key = True
 
     def __init__(
         self,

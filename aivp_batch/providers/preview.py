@@ -635,7 +635,6 @@ class PreviewProvider(Provider):
     """Renders previews locally in worker threads; no key, no network, no cost."""
 
     name = "preview"
-    needs_key = False
 
     def __init__(self, work_dir: Path, latency_s: float = 0.0) -> None:
         self.work_dir = Path(work_dir)
