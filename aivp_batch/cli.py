@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .budget import Ledger
 from .errors import AivpError, AuthError, ConfigError, InputError, PayloadInvalid
+from .files import atomic_write_text
 from .keys import find_key, how_to_set, redact
 from .manifest import load_shots
 from .models import build_model_spec
 from .planning import Job, Plan, plan_jobs
 from .progress import Progress
 from .providers.base import Provider
-from .records import Journal, PlanBoard, UploadCache, atomic_write_text, now_iso, relpath
+from .records import Journal, PlanBoard, UploadCache, now_iso, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import SchemaStore
 from .storyboard import select_shots
@@ -97,6 +98,7 @@ def schema_store(cfg: DictConfig) -> SchemaStore:
         cache_dir=Path(cfg.schema_cache_dir).expanduser(),
         ttl_s=float(cfg.schema_ttl_s),
         offline=bool(cfg.offline),
+        api_url=cfg.provider.get("api_url"),
     )
     if cfg.provider.get("schema_document"):  # a provider that publishes its own schema (the preview)
         store.register(str(cfg.provider.endpoint), get_method(cfg.provider.schema_document)())

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write_json, atomic_write_text
 
 PLAN_HEADER = (
     "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID |\n"
@@ -32,30 +32,6 @@ SUBMITTED, DONE, FAILED, UNKNOWN = "submitted", "done", "failed", "unknown"
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
-    """Write via a temp file and rename; `durable` also fsyncs (the journal needs it, views don't)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(
-    path: Path, data: Mapping[str, Any], *, durable: bool = True, pretty: bool = True
-) -> None:
-    # indent=None lets json use its C encoder: the journal is for machines, logs are for people.
-    text = json.dumps(data, indent=2 if pretty else None, ensure_ascii=False, default=str) + "\n"
-    atomic_write_text(path, text, durable=durable)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +31,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from aivp_batch.errors import SchemaUnavailable
+from aivp_batch.files import atomic_write_bytes, atomic_write_json
 
 SCHEMA_PATH = "/api/openapi/queue/openapi.json"
+MODELS_PATH = "/v1/models"
 _SCHEMAS_PREFIX = "#/components/schemas/"
 _VIDEO_KEYS = {"min_duration", "max_duration", "min_fps", "max_fps"}
 _GEOMETRY_KEYS = {
@@ -534,9 +535,11 @@ class SchemaStore:
         timeout_s: float = 30,
         transport: httpx.BaseTransport | None = None,
         *,
+        api_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema_url = schema_url.rstrip("/")
+        self.api_url = api_url.rstrip("/") if api_url else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self.ttl_s = ttl_s
         self.offline = offline
@@ -607,11 +610,26 @@ class SchemaStore:
         return schema
 
     def _download(self, endpoint_id: str) -> dict:
-        # Deliberately no Authorization header: the schema endpoint is public and a key must not leak.
+        """The per-model OpenAPI endpoint; failing that, the platform's model search, which returns
+        the same document with `expand=openapi-3.0`."""
+        try:
+            return self._get_document(self.schema_url + SCHEMA_PATH, {"endpoint_id": endpoint_id})
+        except _Unavailable as first:
+            if not self.api_url:
+                raise
+            params = {"endpoint_id": endpoint_id, "expand": "openapi-3.0"}
+            try:
+                found = self._get_document(self.api_url + MODELS_PATH, params)
+                return found["models"][0]["openapi"]
+            except (_Unavailable, KeyError, IndexError, TypeError):
+                raise first from None
+
+    def _get_document(self, url: str, params: dict[str, str]) -> dict:
+        # Deliberately no Authorization header: these endpoints are public and a key must not leak.
         try:
             client = httpx.Client(transport=self.transport, timeout=self.timeout_s, follow_redirects=True)
             with client:
-                response = client.get(self.schema_url + SCHEMA_PATH, params={"endpoint_id": endpoint_id})
+                response = client.get(url, params=params)
         except httpx.HTTPError as exc:
             raise _Unavailable(f"{type(exc).__name__}: {_one_line(exc)}") from None
         if response.status_code != 200:
@@ -651,25 +669,16 @@ class SchemaStore:
         folder = self._dir(endpoint_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / f"{schema.sha256}.json", canonical_bytes(schema.document))
+            atomic_write_bytes(
+                folder / f"{schema.sha256}.json", canonical_bytes(schema.document), durable=False
+            )
             index = {
                 "endpoint_id": endpoint_id,
                 "url": self.url_for(endpoint_id),
                 "sha256": schema.sha256,
                 "fetched_at": self.clock(),
             }
-            _atomic_write(folder / "index.json", json.dumps(index, indent=2).encode("utf-8"))
+            atomic_write_json(folder / "index.json", index, durable=False)
         except OSError as exc:
             # A read-only cache must not stop a run that has the schema in hand.
             self.warnings.append(f"{endpoint_id}: could not write schema cache {folder} ({_one_line(exc)})")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

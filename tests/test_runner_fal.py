@@ -307,3 +307,11 @@ def test_rerun_reuses_uploaded_keyframes(fal, film, tmp_path, monkeypatch) -> No
     assert code == 0 and fal.stats.calls["submit"] == 5
     assert fal.stats.calls["upload"] == 4  # shot-01's keyframe URL came from the upload cache
     assert json.loads((film / ".aivp/uploads.json").read_text())
+
+
+def test_schema_falls_back_to_model_search(fal, film, tmp_path, monkeypatch) -> None:
+    fal.faults.add(Fault("ingress_503", on="schema", times=None, match="openapi.json"))
+    overrides = [*fal_overrides(fal, film, tmp_path), f"provider.api_url={fal.url}", "dry_run=true"]
+    code, summary = run_in_process(overrides, tmp_path / "run", monkeypatch)
+    assert code == 0, summary
+    assert fal.stats.faults_fired and all(job["schema_sha256"] for job in summary["plan"]["jobs"])
