@@ -22,7 +22,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .budget import Ledger
-from .errors import AivpError, AuthError, ConfigError, InputError, PayloadInvalid
+from .errors import AivpError, AuthError, ConfigError, InputError, SchemaUnavailable
 from .files import atomic_write_text
 from .keys import find_key, how_to_set, redact
 from .manifest import load_shots
@@ -273,7 +273,7 @@ def main(cfg: DictConfig) -> int:
         code, summary = run(cfg, run_dir, sweep_member=multirun)
     except AivpError as exc:
         code, summary = (
-            EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, PayloadInvalid)) else EXIT_FAILED,
+            EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, SchemaUnavailable)) else EXIT_FAILED,
             {"error": redact(str(exc), secrets)},
         )
         for line in summary["error"].splitlines():

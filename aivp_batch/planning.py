@@ -50,6 +50,7 @@ class Job:
     settings: dict[str, Any]
     identity: str = ""
     file_hashes: dict[str, str] = field(default_factory=dict)
+    seed_field: str | None = None  # None: the endpoint takes no seed (it is recorded, not sent)
 
     @property
     def prompt(self) -> str:
@@ -160,6 +161,7 @@ def _plan_shot(
         settings=dict(mode_spec.settings),
         identity=identity,
         file_hashes=hashes,
+        seed_field=seed_spec.field if seed_spec else None,
     )
 
 

@@ -21,6 +21,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.live_enabled = self.stream.isatty() if live is None else live
         self._live: Live | None = None
+        self.spent = 0.0  # this run's cost so far (reused clips cost nothing)
 
     def __enter__(self) -> Progress:
         if self.live_enabled:
@@ -53,8 +54,11 @@ class Progress:
                 request_id=info.get("request_id"),
                 error=info.get("error"),
             )
+            if status == "done" and not info.get("reused"):
+                self.spent += float(info.get("cost_usd") or 0)
             if not self.live_enabled:
-                self._line(key, status, _detail(info))
+                total = f"  (spent so far ${self.spent:.2f})" if status == "done" else ""
+                self._line(key, status, _detail(info) + total)
         if self._live is not None:
             self._live.update(self._table())
 
@@ -66,11 +70,8 @@ class Progress:
         table = Table(title=f"aivp-batch — {time.monotonic() - self.t0:.0f}s")
         for col in ("shot", "status", "queue", "elapsed", "cost", "request / error"):
             table.add_column(col)
-        spent = 0.0
         for key, row in self.rows.items():
             cost = row.get("cost")
-            if row.get("status") == "done" and cost:
-                spent += cost
             table.add_row(
                 key,
                 str(row.get("state") if row.get("status") == "queued" else row.get("status")),
@@ -79,7 +80,7 @@ class Progress:
                 "" if cost is None else f"${cost:.2f}",
                 str(row.get("error") or row.get("request_id") or ""),
             )
-        table.caption = f"spent ${spent:.2f}"
+        table.caption = f"spent so far ${self.spent:.2f}"
         return table
 
 

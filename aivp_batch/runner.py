@@ -379,6 +379,7 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         },
         "schema_sha256": ctx.schema_sha.get(job.endpoint),
         "requested_seed": job.seed,
+        "seed_sent": job.seed_field is not None,
         "seed_random": job.seed_random,
         "seed_returned": None,
         "prompt_variant": job.prompt_variant,

@@ -244,3 +244,10 @@ def test_sweep_members_get_their_own_clips_and_share_the_store(film: Path, tmp_p
     assert sorted(round(d) for d in durations) == [4, 4, 5, 5]
     assert len(list((film / ".aivp/jobs").glob("*.json"))) == 4
     assert not (film / "video").exists()
+
+
+def test_offline_without_cached_schema_is_refused(film: Path, tmp_path: Path) -> None:
+    proc = run_cli(f"project_dir={film}", "dry_run=true", "offline=true", "model=veo31", cwd=tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("aivp-batch: error: fal-ai/veo3.1") and "OpenAPI schema" in last
