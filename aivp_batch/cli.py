@@ -262,8 +262,37 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     return (EXIT_OK if ok else EXIT_FAILED), summary
 
 
+def unknown_choice(argv: list[str]) -> str | None:
+    """One line for `model=nope`-style mistakes, before Hydra prints its multi-line report.
+    Skipped when the user adds config dirs, whose options only Hydra can see."""
+    if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath", "--config-path", "-cp")) for a in argv):
+        return None
+    conf = Path(__file__).parent / "conf"
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if not sep or group not in CHOICE_GROUPS or "(" in value:  # glob(*), choice(…): Hydra's job
+            continue
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        for choice in value.split(","):  # a sweep lists several
+            if choice and choice not in options:
+                return f"unknown {group}={choice} (available: {', '.join(options)})"
+    return None
+
+
+CHOICE_GROUPS = ("provider", "model", "tier", "manifest")
+
+
+def main() -> None:
+    """The console entry point: `python -m aivp_batch` / `aivp-batch`."""
+    problem = unknown_choice(sys.argv[1:])
+    if problem:
+        print(f"aivp-batch: error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> int:
+def hydra_main(cfg: DictConfig) -> int:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     name = cfg.provider.get("key_env")

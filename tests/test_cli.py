@@ -147,7 +147,11 @@ def test_bad_input_leaves_existing_clips_untouched(film: Path, tmp_path: Path, o
 
 def test_unknown_model_is_refused(film: Path, tmp_path: Path) -> None:
     proc = run_cli(f"project_dir={film}", "provider=preview", "model=nope", cwd=tmp_path)
-    assert proc.returncode != 0 and "model/nope" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "aivp-batch: error: unknown model=nope (available: hailuo02, kling_o3, kling_v25_turbo, kling_v26, "
+        "kling_v3, seedance_v1, seedance_v15, seedance_v2, sora2, veo31)"
+    )
 
 
 def test_broken_shot_file_is_named_and_others_still_render(film: Path, tmp_path: Path) -> None:
