@@ -11,8 +11,9 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from .files import ensure_dir
 from .records import now_iso
 
 
@@ -24,6 +25,7 @@ class Ledger:
         self._lock = asyncio.Lock()
         self._reserved: dict[str, float] = {}
         self._spent = 0.0
+        self._file: TextIO | None = None
 
     @property
     def committed_usd(self) -> float:
@@ -57,8 +59,12 @@ class Ledger:
             estimate = self._reserved.pop(key, 0.0)
             self._append("release", key, identity, estimate_usd=estimate, cost_usd=0.0, reason=reason)
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def _append(self, event: str, key: str, identity: str, **fields: Any) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(
             {
                 "ts": now_iso(),
@@ -70,7 +76,9 @@ class Ledger:
             },
             sort_keys=True,
         )
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        if self._file is None:  # one handle for the run: an open per event costs more than the write
+            ensure_dir(self.path.parent)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file.write(line + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())

@@ -10,10 +10,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+_MADE: set[Path] = set()
+
+
+def ensure_dir(path: Path) -> Path:
+    """mkdir -p, once per folder per process (file-system calls are the runner's main cost)."""
+    if path not in _MADE:
+        path.mkdir(parents=True, exist_ok=True)
+        _MADE.add(path)
+    return path
+
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """`durable` also fsyncs before the rename (the journal needs it; views and caches don't)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -34,6 +44,15 @@ def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
 def atomic_write_json(
     path: Path, data: Mapping[str, Any], *, durable: bool = True, pretty: bool = True
 ) -> None:
-    # indent=None lets json use its C encoder: the journal is for machines, logs are for people.
-    text = json.dumps(data, indent=2 if pretty else None, ensure_ascii=False, default=str) + "\n"
-    atomic_write_text(path, text, durable=durable)
+    atomic_write_text(path, dumps(data, pretty=pretty), durable=durable)
+
+
+def dumps(data: Mapping[str, Any], *, pretty: bool = True) -> str:
+    """JSON text; `pretty` puts each top-level key on its own line. Values are encoded compactly so
+    json's C encoder does the work (indent=… would switch it to the pure-Python one, 5× slower)."""
+    if not pretty:
+        return json.dumps(data, ensure_ascii=False, default=str) + "\n"
+    items = [
+        f"  {json.dumps(str(k))}: {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in data.items()
+    ]
+    return "{\n" + ",\n".join(items) + "\n}\n"

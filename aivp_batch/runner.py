@@ -20,6 +20,7 @@ from typing import Any
 
 from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
+from .files import ensure_dir
 from .media import sha256_file, verify_clip
 from .planning import Job
 from .providers.base import Outcome, Provider, StatusUpdate, Submission
@@ -135,7 +136,7 @@ class _JobRun:
         for shot in self.job.shots:
             copy = self.ctx.clips_dir / f"{shot.id}.mp4"
             if copy.exists() and sha256_file(copy) == want:
-                store.parent.mkdir(parents=True, exist_ok=True)
+                ensure_dir(store.parent)
                 shutil.copyfile(copy, store)
                 return True
         if not record.get("video_url"):
@@ -291,7 +292,7 @@ class _JobRun:
     async def _download(self, outcome: Outcome) -> dict[str, Any]:
         dest = self.ctx.journal.clip_path(self.job.identity)
         part = dest.with_name(dest.name + ".part")
-        part.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(part.parent)
         size = await self.provider.download(outcome.video_url, part)
         info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
         os.replace(part, dest)
@@ -311,7 +312,7 @@ class _JobRun:
         src = self.ctx.journal.clip_path(self.job.identity)
         for shot in self.job.shots:
             dest = self.ctx.clips_dir / f"{shot.id}.mp4"
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            ensure_dir(dest.parent)
             part = dest.with_name(dest.name + ".part")
             part.unlink(missing_ok=True)
             try:
@@ -413,3 +414,4 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
         )
     finally:
         ctx.board.flush()
+        ctx.ledger.close()
