@@ -8,6 +8,7 @@ So `probe` decodes and counts, and `verify_clip` checks what was decoded against
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -81,6 +82,30 @@ def verify_clip(
             f"(tolerance {tolerance_s:.2f} s)"
         )
     return info
+
+
+_NAMED_SHORT_SIDES = {"4k": 2160, "2k": 1440, "true_1080p": 1080}
+
+
+def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) whose short side is the resolution's p number (`720p`, `768P`, `4k`…);
+    both even, as yuv420p needs. ValueError for a name it does not know."""
+    res = str(resolution).strip().lower()
+    match_res = re.fullmatch(r"(\d+)p", res)
+    short = int(match_res[1]) if match_res else _NAMED_SHORT_SIDES.get(res)
+    match_ar = re.fullmatch(r"(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)", str(aspect_ratio).strip())
+    if short is None or not match_ar or float(match_ar[1]) <= 0 or float(match_ar[2]) <= 0:
+        raise ValueError(f"unknown resolution/aspect ratio {resolution!r} {aspect_ratio!r}")
+    short = even(short)
+    a, b = float(match_ar[1]), float(match_ar[2])
+    if a >= b:
+        return even(short * a / b), short
+    return short, even(short * b / a)
+
+
+def even(x: float) -> int:
+    """The nearest even number ≥ 2 (yuv420p needs even sizes)."""
+    return max(2, int(round(x / 2)) * 2)
 
 
 def sha256_file(path: Path) -> str:

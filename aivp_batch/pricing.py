@@ -15,35 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
-
-_SHORT_SIDE = {
-    "360p": 360,
-    "480p": 480,
-    "512p": 512,
-    "720p": 720,
-    "768p": 768,
-    "1080p": 1080,
-    "true_1080p": 1080,
-    "1440p": 1440,
-    "2k": 1440,
-    "4k": 2160,
-}
-
-
-def frame_size(resolution: str | None, aspect_ratio: str | None) -> tuple[int, int]:
-    """(width, height) for a resolution name and aspect ratio; even numbers, short side = the p value."""
-    short = _SHORT_SIDE.get(str(resolution or "720p").lower(), 720)
-    try:
-        aw, ah = (float(x) for x in str(aspect_ratio or "16:9").split(":"))
-    except ValueError:
-        aw, ah = 16.0, 9.0
-    if aw >= ah:
-        return _even(short * aw / ah), _even(short)
-    return _even(short), _even(short * ah / aw)
-
-
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2)) * 2)
+from .media import frame_size
 
 
 def estimate_usd(
@@ -66,7 +38,10 @@ def estimate_usd(
     if unit == "video":
         return round(float(rate["usd"]), 4)
     if unit == "token":
-        width, height = frame_size(settings.get("resolution"), aspect_ratio)
+        try:
+            width, height = frame_size(settings.get("resolution") or "720p", aspect_ratio or "16:9")
+        except ValueError as exc:
+            raise ConfigError(f"pricing: {exc}") from None
         tokens = width * height * float(rule.get("fps", 24)) * duration_s / 1024
         return round(tokens / 1e6 * float(rate["usd_per_million"]), 4)
     raise ConfigError(f"pricing unit {unit!r} is not one of second, token, video, free")

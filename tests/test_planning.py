@@ -10,9 +10,10 @@ from conftest import REPO, fal_document, has_fal_document, write_png
 from omegaconf import OmegaConf
 
 from aivp_batch.errors import PayloadInvalid, SchemaUnavailable
+from aivp_batch.media import frame_size
 from aivp_batch.models import build_model_spec
 from aivp_batch.planning import job_identity, plan_jobs
-from aivp_batch.pricing import estimate_usd, frame_size
+from aivp_batch.pricing import estimate_usd
 from aivp_batch.schemas import SchemaStore
 from aivp_batch.storyboard import Shot
 from aivp_batch.validation import validate_jobs

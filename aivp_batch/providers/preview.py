@@ -31,6 +31,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import InputError, RequestFailed
+from ..media import even, frame_size
 from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
 
 PREVIEW_ENDPOINT = "aivp/preview"
@@ -118,19 +119,10 @@ def _earliest_move(text: str) -> str | None:
 
 def size_for(resolution: str, aspect_ratio: str) -> tuple[int, int]:
     """(width, height) whose short side is the resolution's p number; both even (yuv420p)."""
-    match_res = re.fullmatch(r"(\d+)p", resolution.strip().lower())
-    match_ar = re.fullmatch(r"(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)", aspect_ratio.strip())
-    if not match_res or not match_ar or float(match_ar[1]) <= 0 or float(match_ar[2]) <= 0:
-        raise InputError(f"preview: unknown resolution/aspect ratio {resolution!r} {aspect_ratio!r}")
-    short = _even(int(match_res[1]))
-    a, b = float(match_ar[1]), float(match_ar[2])
-    if a >= b:
-        return _even(short * a / b), short
-    return short, _even(short * b / a)
-
-
-def _even(x: float) -> int:
-    return max(2, int(round(x / 2)) * 2)
+    try:
+        return frame_size(resolution, aspect_ratio)
+    except ValueError as exc:
+        raise InputError(f"preview: {exc}") from None
 
 
 def _image_field(title: str) -> dict[str, Any]:
@@ -384,7 +376,7 @@ def _camera_box(move: str, t: float, bw: float, bh: float) -> tuple[float, float
 
 def _animate_keyframe(image: Image.Image, size: tuple[int, int], n: int, move: str) -> Iterator[_Planes]:
     # Fit and convert once at the zoom range's resolution; each frame is then a crop-and-scale.
-    bw, bh = _even(size[0] * _ZOOM), _even(size[1] * _ZOOM)
+    bw, bh = even(size[0] * _ZOOM), even(size[1] * _ZOOM)
     base = _to_planes(ImageOps.fit(image, (bw, bh), Image.LANCZOS))
     half = (size[0] // 2, size[1] // 2)
     for i in range(n):
