@@ -303,7 +303,7 @@ def job_identity(
 ) -> str:
     """sha256 of the canonical request: files by content, a randomly drawn seed as 'random'."""
     uri_to_hash = {files[k].as_uri(): f"sha256:{hashes[k]}" for k in files}
-    canon = _replace_strings(dict(payload), uri_to_hash)
+    canon = replace_strings(dict(payload), uri_to_hash)
     if seed_random and seed_field and seed_field in canon:
         canon[seed_field] = "random"
     blob = json.dumps(
@@ -315,13 +315,14 @@ def job_identity(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _replace_strings(value: Any, table: Mapping[str, str]) -> Any:
+def replace_strings(value: Any, table: Mapping[str, str]) -> Any:
+    """A copy of a JSON value with every string found in `table` swapped (file URIs → hashes or URLs)."""
     if isinstance(value, str):
         return table.get(value, value)
     if isinstance(value, list):
-        return [_replace_strings(v, table) for v in value]
+        return [replace_strings(v, table) for v in value]
     if isinstance(value, dict):
-        return {k: _replace_strings(v, table) for k, v in value.items()}
+        return {k: replace_strings(v, table) for k, v in value.items()}
     return value
 
 

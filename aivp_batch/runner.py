@@ -22,7 +22,7 @@ from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
 from .files import ensure_dir
 from .media import sha256_file, verify_clip
-from .planning import Job
+from .planning import Job, replace_strings
 from .providers.base import Outcome, Provider, StatusUpdate, Submission
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 
@@ -287,7 +287,7 @@ class _JobRun:
                 if self.ctx.uploads and url.startswith(("http://", "https://")):
                     self.ctx.uploads.put(self.job.provider, sha, url)
             uris[path.as_uri()] = url
-        return _replace(self.job.payload, uris)
+        return replace_strings(self.job.payload, uris)
 
     async def _download(self, outcome: Outcome) -> dict[str, Any]:
         dest = self.ctx.journal.clip_path(self.job.identity)
@@ -320,16 +320,6 @@ class _JobRun:
             except OSError:
                 shutil.copyfile(src, part)
             os.replace(part, dest)
-
-
-def _replace(value: Any, table: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
-        return table.get(value, value)
-    if isinstance(value, list):
-        return [_replace(v, table) for v in value]
-    if isinstance(value, dict):
-        return {k: _replace(v, table) for k, v in value.items()}
-    return value
 
 
 def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
