@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .media import sha256_file
 from .models import FLF, I2V, REF, T2V, ModelSpec, ModeSpec
 from .pricing import estimate_usd
 from .storyboard import Shot
@@ -131,7 +132,7 @@ def _plan_shot(
         mode=mode_spec.mode,
         aspect_ratio=aspect,
     )
-    hashes = {key: sha256_path(path) for key, path in files.items()}
+    hashes = {key: sha256_file(path) for key, path in files.items()}
     seed_spec = mode_spec.fields.get("seed")
     identity = job_identity(
         provider,
@@ -282,14 +283,6 @@ def _file_list(name: str, shape: str | None, paths: list[Path], files: dict[str,
             files[f"{name}[{i}]"] = path
             out.append(path.as_uri())
     return out
-
-
-def sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def job_identity(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
-import hashlib
 import json
 import logging
 import mimetypes
@@ -39,6 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from ..errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from ..keys import HOW_TO_SET, redact
+from ..media import sha256_file
 from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
 
 log = logging.getLogger(__name__)
@@ -154,14 +154,6 @@ def failure_message(endpoint: str, response: httpx.Response, status: dict[str, A
     error_type = error_type or response.headers.get("x-fal-error-type")
     message = f"{endpoint}: {response.status_code} {detail}" + (f" ({error_type})" if error_type else "")
     return " ".join(message.split())[:500]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Progress:
@@ -556,7 +548,7 @@ class FalProvider(Provider):
 
     async def upload(self, path: Path) -> str:
         """Upload once per content hash; concurrent callers of the same content share one upload."""
-        digest = await asyncio.to_thread(_sha256_file, path)
+        digest = await asyncio.to_thread(sha256_file, path)
         lock = self._upload_locks.setdefault(digest, asyncio.Lock())
         async with lock:
             if digest not in self._uploaded:
