@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import signal
 import sys
@@ -293,6 +294,8 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> int:
+    for name in ("httpx", "httpcore"):  # one line per HTTP request would drown the progress view
+        logging.getLogger(name).setLevel(logging.WARNING)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     name = cfg.provider.get("key_env")
