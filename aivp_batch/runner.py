@@ -97,7 +97,12 @@ class _JobRun:
     async def run(self, slots: asyncio.Semaphore, same_identity: asyncio.Lock) -> JobResult:
         # Two jobs with one identity run one after the other, so the second reuses the first.
         async with same_identity:
-            return await self._run(slots)
+            try:
+                return await self._run(slots)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug in one job must not sink the others
+                return self.fail(f"internal error: {type(exc).__name__}: {exc}")
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
@@ -130,8 +135,9 @@ class _JobRun:
     async def _restore(self, record: Mapping[str, Any]) -> bool:
         """Is the paid-for clip still at hand? From the store, a shot clip, or the result URL."""
         store = self.ctx.journal.clip_path(self.job.identity)
-        want = (record.get("clip") or {}).get("sha256")
-        if store.exists() and sha256_file(store) == want:
+        clip = record.get("clip") or {}
+        want = clip.get("sha256")
+        if store.exists() and (_unchanged(store, clip) or sha256_file(store) == want):
             return True
         for shot in self.job.shots:
             copy = self.ctx.clips_dir / f"{shot.id}.mp4"
@@ -164,7 +170,7 @@ class _JobRun:
         attempts = int(record.get("attempts", 0)) + 1
         try:
             payload = await self._upload_files()
-        except AivpError as exc:
+        except (AivpError, OSError) as exc:
             await ledger.release(job.key, job.identity, "upload failed")
             return self.fail(f"upload failed: {exc}")
         base = {"endpoint": job.endpoint, "provider": job.provider, "attempts": attempts, "payload": payload}
@@ -296,7 +302,9 @@ class _JobRun:
         size = await self.provider.download(outcome.video_url, part)
         info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
         os.replace(part, dest)
+        stat = dest.stat()
         return {
+            "mtime_ns": stat.st_mtime_ns,
             "bytes": size,
             "sha256": await asyncio.to_thread(sha256_file, dest),
             "duration_s": round(info.duration_s, 3),
@@ -320,6 +328,12 @@ class _JobRun:
             except OSError:
                 shutil.copyfile(src, part)
             os.replace(part, dest)
+
+
+def _unchanged(path: Path, clip: Mapping[str, Any]) -> bool:
+    """Same size and mtime as when it was stored and hashed: skip re-hashing a big clip."""
+    stat = path.stat()
+    return stat.st_size == clip.get("bytes") and stat.st_mtime_ns == clip.get("mtime_ns")
 
 
 def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
