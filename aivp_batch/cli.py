@@ -221,14 +221,20 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     """The whole command, minus Hydra: returns (exit status, summary)."""
     paths = resolve_paths(cfg, run_dir, sweep_member)
     plan, problems, warnings = build_plan(cfg, paths)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
     if plan.errors:
         raise InputError("\n".join(plan.errors))
     store = schema_store(cfg)
     schema_sha = validate_jobs(plan.jobs, store)
+    budget = _budget(cfg)
+    if budget is not None and plan.total_usd > budget:
+        warnings.append(
+            f"the plan's estimate ${plan.total_usd:.2f} exceeds budget_usd={budget:g}: jobs past "
+            "the budget will not be submitted (raise budget_usd or pick another tier/model)"
+        )
     for warning in [*warnings, *store.warnings]:
         print(f"warning: {warning}", file=sys.stderr)
-    for line in problems:
-        print(f"error: {line}", file=sys.stderr)
     summary: dict[str, Any] = {
         "started": now_iso(),
         "run_dir": str(run_dir),

@@ -167,11 +167,12 @@ def test_completed_then_422_is_final_then_resubmitted_on_rerun(fal, film, tmp_pa
     assert logs(film)["shot-03"]["attempts"] == 2
 
 
-def test_budget_is_respected_under_concurrency(fal, film, tmp_path, monkeypatch) -> None:
+def test_budget_is_respected_under_concurrency(fal, film, tmp_path, monkeypatch, capsys) -> None:
     # Seedance 1.5 standard: 720p with audio ≈ $0.052/s; 5+6+4+7 s ≈ $1.14 in all.
     code, summary = run_in_process(
         fal_overrides(fal, film, tmp_path, "budget_usd=0.6"), tmp_path / "run", monkeypatch
     )
+    assert "exceeds budget_usd=0.6" in capsys.readouterr().err
     assert code == 1
     got = logs(film)
     done = [log for log in got.values() if log["status"] == "done"]
