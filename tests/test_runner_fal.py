@@ -316,3 +316,18 @@ def test_schema_falls_back_to_model_search(fal, film, tmp_path, monkeypatch) -> 
     code, summary = run_in_process(overrides, tmp_path / "run", monkeypatch)
     assert code == 0, summary
     assert fal.stats.faults_fired and all(job["schema_sha256"] for job in summary["plan"]["jobs"])
+
+
+def test_ctrl_c_once_lets_in_flight_jobs_finish(film, tmp_path) -> None:
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=2.0) as fal:
+        proc = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run1")
+        deadline = time.monotonic() + 60
+        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert fal.stats.calls["submit"] == 2 and fal.stats.calls["cancel"] == 0
+    got = logs(film)
+    assert sorted(log["status"] for log in got.values()) == ["done", "done", "pending", "pending"]
+    assert "no new submissions" in err
