@@ -15,7 +15,6 @@ with the server. Faults are scripted, deterministic and counted (`FaultPlan`).
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import hashlib
 import json
@@ -30,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,107 +37,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-CALL_KINDS = ("submit", "status", "stream", "result", "cancel", "upload", "token", "download", "schema")
-FAULT_KINDS = frozenset(
-    {
-        "429",
-        "ingress_502",
-        "ingress_503",
-        "ingress_504",
-        "reset",
-        "reset_before",
-        "reset_after",
-        "truncate",
-        "slow",
-        "fail_generation",
-        "timeout_504",
-    }
-)
-# Namespaces whose app id has three segments (fal's AppId.from_endpoint_id).
+from .clips import clip_for
+from .faults import Fault, FaultPlan
+
+__all__ = ["FakeFal", "FalStats", "Fault", "FaultPlan", "Job", "clip_for", "parse_duration", "payload_hash"]
+
 _THREE_SEGMENT_NAMESPACES = ("workflows", "comfy")
 _NGINX_HTML = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
     "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 _CHUNK = 64 * 1024
-
-
-# --------------------------------------------------------------------------- faults
-
-
-@dataclass
-class Fault:
-    """One scripted misbehaviour.
-
-    kind: `429` (with `Retry-After` when `retry_after` is set), `ingress_502|503|504` (nginx HTML,
-    no `x-fal-request-id`), `reset` / `reset_before` / `reset_after` (RST without a response;
-    before or after the action took effect; plain `reset` on submit means `reset_after`, the
-    dangerous lost-response case), `truncate` (download: half the body then RST; stream: first
-    event then a clean close), `slow` (sleep `seconds` then answer normally), `fail_generation`
-    (submit only: the job ends COMPLETED with `error`, the result is `status_code` with `message`),
-    `timeout_504` (504 + `X-Fal-Request-Timeout-Type: user`; on submit the job ends that way).
-    on: which call kind it hits (see CALL_KINDS). Fires on matching calls number `after+1 …`,
-    only every `every`-th of them if set, at most `times` times (None = forever). `match` is a
-    substring the request path (or, for submit, the raw body) must contain.
-    """
-
-    kind: str
-    on: str = "submit"
-    times: int | None = 1
-    every: int | None = None
-    after: int = 0
-    retry_after: float | str | None = None
-    seconds: float = 1.0
-    match: str | None = None
-    status_code: int = 422
-    message: str = "The content was flagged by a content checker."
-    error_type: str = "content_policy_violation"
-    seen: int = field(default=0, init=False)
-    fired: int = field(default=0, init=False)
-
-    def __post_init__(self) -> None:
-        if self.kind in ("502", "503", "504"):
-            self.kind = f"ingress_{self.kind}"
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(FAULT_KINDS)}")
-        if self.on not in CALL_KINDS:
-            raise ValueError(f"unknown fault target {self.on!r}; one of {CALL_KINDS}")
-
-
-class FaultPlan:
-    """An ordered, thread-safe list of `Fault` rules; the first rule that fires wins."""
-
-    def __init__(self, faults: Iterable[Fault] = ()) -> None:
-        self._faults = list(faults)
-        self._lock = threading.Lock()
-
-    def add(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    @property
-    def faults(self) -> list[Fault]:
-        return list(self._faults)
-
-    def take(self, on: str, subject: str = "") -> Fault | None:
-        with self._lock:
-            for f in self._faults:
-                if f.on != on or (f.match is not None and f.match not in subject):
-                    continue
-                if f.times is not None and f.fired >= f.times:
-                    continue
-                f.seen += 1
-                n = f.seen - f.after
-                if n <= 0 or (f.every and n % f.every):
-                    continue
-                f.fired += 1
-                return f
-        return None
 
 
 # --------------------------------------------------------------------------- jobs
@@ -232,97 +141,6 @@ def parse_duration(value: Any, default: float = 5.0) -> float:
         if m:
             seconds = float(m.group(1))
     return min(max(seconds, 0.5), 60.0)
-
-
-# --------------------------------------------------------------------------- media
-
-
-def make_mp4(path: Path, duration_s: float, size: int = 64, fps: int = 24) -> None:
-    """A small but real H.264 + silent AAC MP4 of `duration_s` seconds."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=fps)
-        video.width = video.height = size
-        video.pix_fmt = "yuv420p"
-        video.options = {"preset": "ultrafast"}
-        audio = out.add_stream("aac", rate=48000)
-        audio.layout = "stereo"
-        ramp = np.linspace(0, 255, size, dtype=np.uint8)
-        for i in range(max(1, round(duration_s * fps))):
-            img = np.stack(
-                [
-                    np.tile(ramp, (size, 1)),
-                    np.full((size, size), (i * 7) % 256, np.uint8),
-                    np.tile(ramp[:, None], (1, size)),
-                ],
-                axis=-1,
-            )
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-        frame_size = audio.codec_context.frame_size or 1024
-        total = round(duration_s * 48000)
-        for start in range(0, total, frame_size):
-            n = min(frame_size, total - start)
-            aframe = av.AudioFrame.from_ndarray(np.zeros((2, n), np.float32), format="fltp", layout="stereo")
-            aframe.sample_rate = 48000
-            aframe.pts = start
-            out.mux(audio.encode(aframe))
-        out.mux(audio.encode(None))
-
-
-def pad_mp4(src: Path, dest: Path, target_bytes: int) -> None:
-    """Copy `src` and append a top-level `free` box so the file reaches `target_bytes`.
-
-    Players skip `free` boxes, so the padded file still decodes identically.
-    """
-    shutil.copyfile(src, dest)
-    pad = target_bytes - src.stat().st_size
-    if pad < 16:
-        return
-    with dest.open("ab") as f:
-        if pad < 2**32:
-            f.write(struct.pack(">I4s", pad, b"free"))
-            left = pad - 8
-        else:  # 64-bit "largesize" box header
-            f.write(struct.pack(">I4sQ", 1, b"free", pad))
-            left = pad - 16
-        zeros = bytes(_CHUNK)
-        while left > 0:
-            f.write(zeros[: min(left, _CHUNK)])
-            left -= _CHUNK
-
-
-_clip_lock = threading.Lock()
-_clip_dir: Path | None = None
-_clips: dict[tuple[float, int | None], Path] = {}
-
-
-def clip_for(duration_s: float, size_bytes: int | None = None) -> Path:
-    """A generated clip per (duration, padded size), cached for the whole process.
-
-    Encoding takes ~0.5 s per clip, and a test suite starts many servers: generate each once.
-    """
-    global _clip_dir
-    key = (duration_s, size_bytes)
-    with _clip_lock:
-        if key not in _clips:
-            if _clip_dir is None:
-                _clip_dir = Path(tempfile.mkdtemp(prefix="fakefal-clips-"))
-                atexit.register(shutil.rmtree, _clip_dir, True)
-            plain = _clips.get((duration_s, None))
-            if plain is None:
-                plain = _clip_dir / f"clip-{duration_s:g}s.mp4"
-                make_mp4(plain, duration_s)
-                _clips[(duration_s, None)] = plain
-            if size_bytes:
-                padded = _clip_dir / f"clip-{duration_s:g}s-{size_bytes}.mp4"
-                pad_mp4(plain, padded, size_bytes)
-                _clips[key] = padded
-        return _clips[key]
 
 
 # --------------------------------------------------------------------------- stats
