@@ -80,7 +80,7 @@ def test_tier_variants_pick_endpoints(compose_cfg) -> None:
 
 
 def test_reserved_provider_is_a_clear_error(compose_cfg, tmp_path) -> None:
-    from aivp_batch.cli import build_plan, resolve_paths
+    from aivp_batch.app import build_plan, resolve_paths
 
     cfg = compose_cfg("provider=replicate", f"project_dir={REPO / 'examples/short-film'}")
     with pytest.raises(ConfigError, match="provider=replicate is reserved"):

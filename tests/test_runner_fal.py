@@ -16,7 +16,7 @@ import pytest
 from conftest import EXAMPLE, FAL_SCHEMAS
 from hydra import compose, initialize_config_module
 
-from aivp_batch.cli import run
+from aivp_batch.app import run
 from aivp_batch.errors import AuthError
 from aivp_batch.testing.fal_server import FakeFal, Fault
 

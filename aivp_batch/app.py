@@ -1,0 +1,266 @@
+"""One run of aivp-batch, minus Hydra's command line: config → shots → jobs → validation → the
+provider → records. `run(cfg, run_dir)` returns the exit status and the run summary.
+
+Exit status: 0 when every selected clip is done (or a dry run validated), 1 when some clip failed
+or was not rendered, 2 for bad input (nothing was spent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .budget import Ledger
+from .errors import AuthError, ConfigError, InputError
+from .files import atomic_write_text
+from .keys import find_key, how_to_set
+from .manifest import load_shots
+from .models import build_model_spec
+from .planning import Job, Plan, plan_jobs
+from .progress import Progress
+from .providers.base import Provider
+from .records import Journal, PlanBoard, UploadCache, now_iso, relpath
+from .runner import JobResult, RunContext, run_jobs
+from .schemas import SchemaStore
+from .storyboard import select_shots
+from .validation import validate_jobs
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass
+class Paths:
+    project_dir: Path | None
+    output_dir: Path
+    store_dir: Path
+    run_dir: Path
+
+
+def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> Paths:
+    """Where things go. A sweep member writes its clips, logs and plan into its own run dir (so
+    members stay comparable side by side) but shares the project's job store, so a render any
+    member or earlier run already paid for is reused."""
+    project = Path(cfg.project_dir).expanduser().resolve() if cfg.project_dir else None
+    if project is not None and not project.is_dir():
+        raise ConfigError(f"project_dir={cfg.project_dir}: no such directory")
+    if cfg.manifest.kind != "prompt" and project is None:
+        raise ConfigError(
+            f"project_dir is required for manifest={cfg.manifest.kind} (e.g. project_dir=my-film)"
+        )
+    base = project if project is not None else run_dir
+    default_output = (run_dir if sweep_member else base) / "video"
+    output = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else default_output
+    store = Path(cfg.store_dir).expanduser().resolve() if cfg.store_dir else base / ".aivp"
+    return Paths(project, output, store, run_dir)
+
+
+def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str]]:
+    """Config → shots → jobs. Returns the plan, the storyboard's problem lines and its warnings."""
+    provider = _container(cfg.provider)
+    if not provider.get("available", False):
+        raise ConfigError(
+            f"provider={provider.get('name')} is reserved and not available yet; "
+            "use provider=fal or provider=preview"
+        )
+    spec = build_model_spec(_container(cfg.model), provider, str(cfg.tier.name), _container(cfg.settings))
+    board = load_shots(_container(cfg.manifest), paths.project_dir)
+    if cfg.shots is not None:
+        board = select_shots(board, list(cfg.shots) if OmegaConf.is_list(cfg.shots) else cfg.shots)
+    problems = [f"{p.file}: {p.message}" for p in board.problems]
+    seed = None if cfg.seed is None else int(cfg.seed)
+    plan = plan_jobs(
+        board.shots,
+        spec,
+        provider=str(provider["name"]),
+        seed=seed,
+        duration_policy=str(cfg.duration_policy),
+        character_refs=bool(cfg.character_refs),
+        payload_extra=_container(cfg.payload_extra),
+        rng=random.Random(),
+    )
+    return plan, problems, list(board.warnings)
+
+
+def schema_store(cfg: DictConfig) -> SchemaStore:
+    store = SchemaStore(
+        schema_url=cfg.provider.get("schema_url") or "https://fal.ai",
+        cache_dir=Path(cfg.schema_cache_dir).expanduser(),
+        ttl_s=float(cfg.schema_ttl_s),
+        offline=bool(cfg.offline),
+        api_url=cfg.provider.get("api_url"),
+    )
+    if cfg.provider.get("schema_document"):  # a provider that publishes its own schema (the preview)
+        store.register(str(cfg.provider.endpoint), get_method(cfg.provider.schema_document)())
+    return store
+
+
+def provider_key(cfg: DictConfig) -> str | None:
+    """The provider's API key (None for providers that need none); AuthError when it is missing."""
+    name = cfg.provider.get("key_env")
+    if not name:
+        return None
+    key = find_key(str(name))
+    if not key:
+        raise AuthError(f"no {name} found: {how_to_set(str(name))}")
+    return key
+
+
+def make_provider(cfg: DictConfig, paths: Paths) -> Provider:
+    key = provider_key(cfg)
+    if key is not None:
+        return instantiate(cfg.provider.client, key=key)
+    return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [f"{'shot':<10} {'mode':<4} {'dur':>4}  {'est $':>7}  endpoint"]
+    for job in plan.jobs:
+        lines.append(
+            f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}"
+        )
+        if job.duration_note:
+            lines.append(f"{'':<10} note: {job.duration_note}")
+    lines.append(f"{'total':<10} {'':<4} {sum(j.duration_s for j in plan.jobs):>3}s  {plan.total_usd:>7.2f}")
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan, schema_sha: dict[str, str], paths: Paths) -> dict[str, Any]:
+    return {
+        "total_usd": plan.total_usd,
+        "jobs": [
+            {
+                "shot": j.key,
+                "mode": j.mode,
+                "endpoint": j.endpoint,
+                "duration_s": j.duration_s,
+                "duration_note": j.duration_note,
+                "estimate_usd": j.estimate_usd,
+                "seed": j.seed,
+                "identity": j.identity,
+                "payload": j.payload,
+                "schema_sha256": schema_sha.get(j.endpoint),
+                "files": {k: relpath(p, paths.project_dir) for k, p in j.files.items()},
+            }
+            for j in plan.jobs
+        ],
+    }
+
+
+async def execute(
+    cfg: DictConfig, jobs: list[Job], paths: Paths, schema_sha: dict[str, str]
+) -> list[JobResult]:
+    run_id = uuid.uuid4().hex[:12]
+    ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id)
+    progress = Progress([j.key for j in jobs])
+    ctx = RunContext(
+        output_dir=paths.output_dir,
+        project_dir=paths.project_dir,
+        run_dir=paths.run_dir,
+        run_id=run_id,
+        tier=str(cfg.tier.name),
+        journal=Journal(paths.store_dir),
+        ledger=ledger,
+        board=PlanBoard(paths.output_dir),
+        max_in_flight=int(cfg.provider.max_in_flight),
+        schema_sha=schema_sha,
+        resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
+        uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
+        on_event=progress,
+    )
+    _install_interrupts(ctx)
+    provider = make_provider(cfg, paths)
+    with progress:
+        async with provider:
+            return await run_jobs(jobs, provider, ctx)
+
+
+def _install_interrupts(ctx: RunContext) -> None:
+    """Ctrl-C once: stop submitting, let in-flight jobs finish. Twice: cancel them."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if not ctx.stop_submitting.is_set():
+            ctx.stop_submitting.set()
+            print(
+                "\ninterrupt: no new submissions; waiting for in-flight jobs (Ctrl-C again cancels them)",
+                file=sys.stderr,
+            )
+        else:
+            ctx.cancel_inflight.set()
+            print("\ninterrupt: cancelling in-flight requests", file=sys.stderr)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # not the main thread (e.g. a launcher worker)
+        pass
+
+
+def _budget(cfg: DictConfig) -> float | None:
+    return None if cfg.budget_usd is None else float(cfg.budget_usd)
+
+
+def _container(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int, dict[str, Any]]:
+    """The whole command, minus Hydra: returns (exit status, summary)."""
+    paths = resolve_paths(cfg, run_dir, sweep_member)
+    plan, problems, warnings = build_plan(cfg, paths)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if plan.errors:
+        raise InputError("\n".join(plan.errors))
+    store = schema_store(cfg)
+    schema_sha = validate_jobs(plan.jobs, store)
+    budget = _budget(cfg)
+    if budget is not None and plan.total_usd > budget:
+        warnings.append(
+            f"the plan's estimate ${plan.total_usd:.2f} exceeds budget_usd={budget:g}: jobs past "
+            "the budget will not be submitted (raise budget_usd or pick another tier/model)"
+        )
+    for warning in [*warnings, *store.warnings]:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary: dict[str, Any] = {
+        "started": now_iso(),
+        "run_dir": str(run_dir),
+        "dry_run": bool(cfg.dry_run),
+        "provider": cfg.provider.name,
+        "model": cfg.model.name,
+        "tier": cfg.tier.name,
+        "budget_usd": _budget(cfg),
+        "problems": problems,
+    }
+    summary["plan"] = plan_json(plan, schema_sha, paths)
+    if cfg.dry_run:
+        print(format_plan(plan))
+        atomic_write_text(run_dir / "plan.txt", format_plan(plan) + "\n")
+        return (EXIT_FAILED if problems else EXIT_OK), summary
+    results = asyncio.run(execute(cfg, plan.jobs, paths, schema_sha))
+    done = sum(r.status == "done" for r in results)
+    summary.update(
+        finished=now_iso(),
+        results=[r.__dict__ for r in results],
+        done=done,
+        failed=len(results) - done,
+        spent_usd=round(sum(r.cost_usd for r in results), 4),
+        clips_dir=str(paths.output_dir / "clips"),
+        plan_md=str(paths.output_dir / "plan.md"),
+    )
+    print(
+        f"{done}/{len(results)} clips done, ${summary['spent_usd']:.2f} spent; "
+        f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}"
+    )
+    ok = done == len(results) and not problems
+    return (EXIT_OK if ok else EXIT_FAILED), summary
