@@ -211,17 +211,22 @@ def _journal_statuses(film: Path) -> list[str]:
     return out
 
 
+def _start_and_wait_for_two_submits(fal: FakeFal, film: Path, tmp_path: Path) -> subprocess.Popen:
+    """The CLI in a subprocess with two requests in flight (journalled as submitted) at return."""
+    proc = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run1")
+    deadline = time.monotonic() + 60
+    while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def test_sigkill_then_rerun_submits_each_payload_once(film, tmp_path) -> None:
     with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=3.0) as fal:
-        overrides = fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2")
-        proc = _cli(overrides, tmp_path, "run1")
-        deadline = time.monotonic() + 60
-        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        proc = _start_and_wait_for_two_submits(fal, film, tmp_path)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert fal.stats.calls["submit"] == 2
-        rerun = _cli(overrides, tmp_path, "run2")
+        rerun = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run2")
         out, err = rerun.communicate(timeout=120)
         assert rerun.returncode == 0, err + out
         assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
@@ -232,10 +237,7 @@ def test_sigkill_then_rerun_submits_each_payload_once(film, tmp_path) -> None:
 
 def test_ctrl_c_twice_cancels_in_flight_requests(film, tmp_path) -> None:
     with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=5.0) as fal:
-        proc = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run1")
-        deadline = time.monotonic() + 60
-        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        proc = _start_and_wait_for_two_submits(fal, film, tmp_path)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -320,10 +322,7 @@ def test_schema_falls_back_to_model_search(fal, film, tmp_path, monkeypatch) -> 
 
 def test_ctrl_c_once_lets_in_flight_jobs_finish(film, tmp_path) -> None:
     with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=2.0) as fal:
-        proc = _cli(fal_overrides(fal, film, tmp_path, "provider.max_in_flight=2"), tmp_path, "run1")
-        deadline = time.monotonic() + 60
-        while _journal_statuses(film).count("submitted") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        proc = _start_and_wait_for_two_submits(fal, film, tmp_path)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, err
