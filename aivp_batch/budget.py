@@ -31,10 +31,6 @@ class Ledger:
     def committed_usd(self) -> float:
         return round(self._spent + sum(self._reserved.values()), 4)
 
-    @property
-    def spent_usd(self) -> float:
-        return round(self._spent, 4)
-
     async def reserve(self, key: str, identity: str, estimate_usd: float) -> bool:
         """Reserve `estimate_usd` for a job; False (and nothing reserved) if it would pass the budget."""
         async with self._lock:

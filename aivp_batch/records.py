@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,6 @@ def plan_row(log: Mapping[str, Any]) -> str:
     return " | ".join(str(c) for c in cells) + " |"
 
 
-def render_plan(logs: Iterable[Mapping[str, Any]]) -> str:
-    """The spec's plan table, plus Seed, Cost and Request ID."""
-    return _plan_text([plan_row(log) for log in sorted(logs, key=_order)])
-
-
 def _plan_text(rows: list[str]) -> str:
     body = "".join(f"| {i} | {row}\n" for i, row in enumerate(rows, start=1))
     return "# Video generation plan\n\n" + PLAN_HEADER + body
@@ -128,13 +123,6 @@ def _order(log: Mapping[str, Any]) -> tuple[int, str]:
     shot_id = str(log.get("id", ""))
     digits = "".join(ch for ch in shot_id if ch.isdigit())
     return (int(digits) if digits else 10**9, shot_id)
-
-
-def write_plan(output_dir: Path) -> Path:
-    """Rewrite `plan.md` from the logs on disk."""
-    path = output_dir / "plan.md"
-    atomic_write_text(path, render_plan(read_logs(output_dir / "log")), durable=False)
-    return path
 
 
 class PlanBoard:
