@@ -30,7 +30,7 @@ from .progress import Progress
 from .providers.base import Provider
 from .records import Journal, PlanBoard, UploadCache, now_iso, relpath
 from .runner import JobResult, RunContext, run_jobs
-from .schemas import SchemaStore
+from .schemas import EndpointSchema, SchemaStore
 from .storyboard import select_shots
 from .validation import validate_jobs
 
@@ -133,7 +133,15 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_json(plan: Plan, schema_sha: dict[str, str], paths: Paths) -> dict[str, Any]:
+def format_schemas(schemas: dict[str, EndpointSchema]) -> str:
+    """Which document each endpoint's payloads were validated against."""
+    return "\n".join(
+        f"schema {endpoint}: {schema.source}, sha256 {schema.sha256[:12]}"
+        for endpoint, schema in schemas.items()
+    )
+
+
+def plan_json(plan: Plan, schemas: dict[str, EndpointSchema], paths: Paths) -> dict[str, Any]:
     return {
         "total_usd": plan.total_usd,
         "jobs": [
@@ -147,7 +155,8 @@ def plan_json(plan: Plan, schema_sha: dict[str, str], paths: Paths) -> dict[str,
                 "seed": j.seed,
                 "identity": j.identity,
                 "payload": j.payload,
-                "schema_sha256": schema_sha.get(j.endpoint),
+                "schema_sha256": schemas[j.endpoint].sha256 if j.endpoint in schemas else None,
+                "schema_source": schemas[j.endpoint].source if j.endpoint in schemas else None,
                 "files": {k: relpath(p, paths.project_dir) for k, p in j.files.items()},
             }
             for j in plan.jobs
@@ -156,7 +165,7 @@ def plan_json(plan: Plan, schema_sha: dict[str, str], paths: Paths) -> dict[str,
 
 
 async def execute(
-    cfg: DictConfig, jobs: list[Job], paths: Paths, schema_sha: dict[str, str]
+    cfg: DictConfig, jobs: list[Job], paths: Paths, schemas: dict[str, EndpointSchema]
 ) -> list[JobResult]:
     run_id = uuid.uuid4().hex[:12]
     ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id)
@@ -171,7 +180,7 @@ async def execute(
         ledger=ledger,
         board=PlanBoard(paths.output_dir),
         max_in_flight=int(cfg.provider.max_in_flight),
-        schema_sha=schema_sha,
+        schemas=schemas,
         resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
         uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
         on_event=progress,
@@ -223,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     if plan.errors:
         raise InputError("\n".join(plan.errors))
     store = schema_store(cfg)
-    schema_sha = validate_jobs(plan.jobs, store)
+    schemas = validate_jobs(plan.jobs, store)
     budget = _budget(cfg)
     if budget is not None and plan.total_usd > budget:
         warnings.append(
@@ -242,12 +251,13 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         "budget_usd": _budget(cfg),
         "problems": problems,
     }
-    summary["plan"] = plan_json(plan, schema_sha, paths)
+    summary["plan"] = plan_json(plan, schemas, paths)
     if cfg.dry_run:
-        print(format_plan(plan))
-        atomic_write_text(run_dir / "plan.txt", format_plan(plan) + "\n")
+        text = format_plan(plan) + "\n" + format_schemas(schemas)
+        print(text)
+        atomic_write_text(run_dir / "plan.txt", text + "\n")
         return (EXIT_FAILED if problems else EXIT_OK), summary
-    results = asyncio.run(execute(cfg, plan.jobs, paths, schema_sha))
+    results = asyncio.run(execute(cfg, plan.jobs, paths, schemas))
     done = sum(r.status == "done" for r in results)
     summary.update(
         finished=now_iso(),

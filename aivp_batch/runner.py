@@ -25,6 +25,7 @@ from .media import sha256_file, verify_clip
 from .planning import Job, replace_strings
 from .providers.base import Outcome, Provider, StatusUpdate, Submission
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
+from .schemas import EndpointSchema
 
 DURATION_TOLERANCE_S = 0.6
 
@@ -40,7 +41,8 @@ class RunContext:
     ledger: Ledger
     board: PlanBoard
     max_in_flight: int = 2
-    schema_sha: Mapping[str, str] = field(default_factory=dict)
+    # What each endpoint's payloads were validated against (its sha256 and source are logged).
+    schemas: Mapping[str, EndpointSchema] = field(default_factory=dict)
     resubmit_unknown: bool = False
     uploads: UploadCache | None = None
     on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
@@ -330,6 +332,11 @@ class _JobRun:
             os.replace(part, dest)
 
 
+def _schema_attr(ctx: RunContext, endpoint: str, name: str) -> str | None:
+    schema = ctx.schemas.get(endpoint)
+    return getattr(schema, name) if schema is not None else None
+
+
 def _unchanged(path: Path, clip: Mapping[str, Any]) -> bool:
     """Same size and mtime as when it was stored and hashed: skip re-hashing a big clip."""
     stat = path.stat()
@@ -382,7 +389,8 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "payload_files": {
             k: {"path": relpath(p, root), "sha256": job.file_hashes.get(k)} for k, p in job.files.items()
         },
-        "schema_sha256": ctx.schema_sha.get(job.endpoint),
+        "schema_sha256": _schema_attr(ctx, job.endpoint, "sha256"),
+        "schema_source": _schema_attr(ctx, job.endpoint, "source"),
         "requested_seed": job.seed,
         "seed_sent": job.seed_field is not None,
         "seed_random": job.seed_random,

@@ -32,6 +32,9 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from aivp_batch.errors import SchemaUnavailable
 from aivp_batch.files import atomic_write_bytes, atomic_write_json
+from aivp_batch.snapshot import Snapshot
+
+BUNDLED = Snapshot()
 
 SCHEMA_PATH = "/api/openapi/queue/openapi.json"
 MODELS_PATH = "/v1/models"
@@ -187,10 +190,13 @@ def _split_field(field: str) -> list[str | int]:
 class EndpointSchema:
     """One endpoint's OpenAPI document, its input schema, and a validator built once."""
 
-    def __init__(self, endpoint_id: str, document: dict, sha256: str | None = None) -> None:
+    def __init__(
+        self, endpoint_id: str, document: dict, sha256: str | None = None, source: str = "registered"
+    ) -> None:
         self.endpoint_id = endpoint_id
         self.document = document
         self.sha256 = sha256 or document_sha256(document)
+        self.source = source  # what the payloads were validated against: live, cache, bundled snapshot
         name = find_input_name(document, endpoint_id)
         if name is None:
             raise ValueError("no input schema found")
@@ -537,6 +543,7 @@ class SchemaStore:
         *,
         api_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        bundled: Snapshot | None = BUNDLED,
     ) -> None:
         self.schema_url = schema_url.rstrip("/")
         self.api_url = api_url.rstrip("/") if api_url else None
@@ -546,6 +553,7 @@ class SchemaStore:
         self.timeout_s = timeout_s
         self.transport = transport
         self.clock = clock
+        self.bundled = bundled
         self.warnings: list[str] = []
         self._memo: dict[str, EndpointSchema] = {}
         self._registered: dict[str, EndpointSchema] = {}
@@ -575,22 +583,42 @@ class SchemaStore:
             return self._memo[endpoint_id]
 
     def _load(self, endpoint_id: str) -> EndpointSchema:
+        """Live fetch (a disk copy younger than the ttl counts as one) → older disk copy → the
+        bundled snapshot. Offline, the disk cache and then the snapshot, without trying the network."""
         cached = self._read_cache(endpoint_id)
-        if cached is not None and (self.offline or self.clock() - cached[2] < self.ttl_s):
+        if cached is not None and (self.offline or self.clock() - cached[1] < self.ttl_s):
             return cached[0]
-        if self.offline:
-            raise self._unavailable(endpoint_id, "offline, and it is not in the schema cache")
-        try:
-            return self._fetch(endpoint_id)
-        except _Unavailable as exc:
-            if cached is None:
-                raise self._unavailable(endpoint_id, str(exc)) from None
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cached[2]))
+        reason = "offline, and it is in neither the schema cache nor the bundled snapshot"
+        if not self.offline:
+            try:
+                return self._fetch(endpoint_id)
+            except _Unavailable as exc:
+                reason = str(exc)
+        if cached is not None:
             self.warnings.append(
-                f"{endpoint_id}: could not refresh its OpenAPI schema ({exc}); "
-                f"using the cached copy from {when}"
+                f"{endpoint_id}: could not refresh its OpenAPI schema ({reason}); "
+                f"using the {cached[0].source}"
             )
             return cached[0]
+        bundled = self._read_bundled(endpoint_id)
+        if bundled is not None:
+            if not self.offline:
+                self.warnings.append(
+                    f"{endpoint_id}: could not fetch its OpenAPI schema ({reason}); "
+                    f"validating against the {bundled.source}"
+                )
+            return bundled
+        raise self._unavailable(endpoint_id, reason)
+
+    def _read_bundled(self, endpoint_id: str) -> EndpointSchema | None:
+        entry = self.bundled.get(endpoint_id) if self.bundled is not None else None
+        if entry is None:
+            return None
+        try:
+            return EndpointSchema(endpoint_id, entry.document, source=entry.label)
+        except ValueError as exc:
+            self.warnings.append(f"{endpoint_id}: the bundled snapshot's document is unusable ({exc})")
+            return None
 
     def _unavailable(self, endpoint_id: str, reason: str) -> SchemaUnavailable:
         return SchemaUnavailable(
@@ -601,15 +629,15 @@ class SchemaStore:
     # -- network
 
     def _fetch(self, endpoint_id: str) -> EndpointSchema:
-        document = self._download(endpoint_id)
+        document = self.fetch_document(endpoint_id)
         try:
-            schema = EndpointSchema(endpoint_id, document)
+            schema = EndpointSchema(endpoint_id, document, source=f"live {self.url_for(endpoint_id)}")
         except ValueError as exc:
             raise _Unavailable(str(exc)) from None
         self._write_cache(endpoint_id, schema)
         return schema
 
-    def _download(self, endpoint_id: str) -> dict:
+    def fetch_document(self, endpoint_id: str) -> dict:
         """The per-model OpenAPI endpoint; failing that, the platform's model search, which returns
         the same document with `expand=openapi-3.0`."""
         try:
@@ -647,7 +675,7 @@ class SchemaStore:
     def _dir(self, endpoint_id: str) -> Path:
         return self.cache_dir / safe_name(endpoint_id)
 
-    def _read_cache(self, endpoint_id: str) -> tuple[EndpointSchema, str, float] | None:
+    def _read_cache(self, endpoint_id: str) -> tuple[EndpointSchema, float] | None:
         folder = self._dir(endpoint_id)
         try:
             index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
@@ -657,8 +685,10 @@ class SchemaStore:
             raw = (folder / f"{sha}.json").read_bytes()
             if hashlib.sha256(raw).hexdigest() != sha:
                 raise ValueError("content does not match its sha256")
-            schema = EndpointSchema(endpoint_id, json.loads(raw), sha)
-            return schema, sha, float(index["fetched_at"])
+            fetched_at = float(index["fetched_at"])
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(fetched_at))
+            schema = EndpointSchema(endpoint_id, json.loads(raw), sha, source=f"cached copy (fetched {when})")
+            return schema, fetched_at
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -8,16 +8,16 @@ from collections.abc import Iterable
 
 from .errors import PayloadInvalid
 from .planning import Job
-from .schemas import SchemaStore
+from .schemas import EndpointSchema, SchemaStore
 
 
-def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, str]:
-    """Raise PayloadInvalid listing every problem (one line each); return endpoint → schema sha256."""
+def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, EndpointSchema]:
+    """Raise PayloadInvalid listing every problem (one line each); return endpoint → the schema
+    each was validated against (its `sha256` and `source` go into the records)."""
     problems: list[str] = []
-    shas: dict[str, str] = {}
+    used: dict[str, EndpointSchema] = {}
     for job in jobs:
-        schema = store.get(job.endpoint)
-        shas[job.endpoint] = schema.sha256
+        schema = used[job.endpoint] = store.get(job.endpoint)
         where = f"{job.key}: model={job.model} endpoint={job.endpoint}"
         for issue in schema.validate(job.payload):
             problems.append(f"{where} field {issue.path}: {issue.message}")
@@ -30,4 +30,4 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, str]:
                 problems.append(f"{where} field {issue.path}: {issue.message}")
     if problems:
         raise PayloadInvalid("\n".join(problems))
-    return shas
+    return used

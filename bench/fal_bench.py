@@ -43,9 +43,11 @@ from typing import Any
 
 import httpx
 
+from aivp_batch.snapshot import SNAPSHOT_DIR
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "fal-schemas"
+SCHEMAS = SNAPSHOT_DIR  # the bundled snapshot
 TEMPLATE = REPO / "examples" / "short-film" / "storyboard" / "storyboard-final" / "shots" / "shot-03.md"
 KEY = "bench-key-0000"  # the fake server's key; not a secret
 QUEUE_KINDS = ("submit", "status", "stream", "result", "cancel")
@@ -375,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = p.parse_args(argv)
 
-    if not SCHEMAS.is_dir():
-        sys.exit(f"no fal schemas at {SCHEMAS} (expected ../shared/fal-schemas next to the repo)")
     n, k, lat = args.jobs, args.in_flight, args.latency
     ideal = math.ceil(n / k) * lat
     args.load_before = os.getloadavg()

@@ -9,9 +9,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 
+from aivp_batch.snapshot import SNAPSHOT_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FAL_SCHEMAS = SHARED / "fal-schemas"
+FAL_SCHEMAS = SNAPSHOT_DIR  # the bundled, prose-free snapshot of fal's documents
 EXAMPLE = REPO / "examples" / "short-film"
 
 

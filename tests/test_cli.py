@@ -250,8 +250,16 @@ def test_sweep_members_get_their_own_clips_and_share_the_store(film: Path, tmp_p
     assert not (film / "video").exists()
 
 
-def test_offline_without_cached_schema_is_refused(film: Path, tmp_path: Path) -> None:
+def test_offline_dry_run_validates_against_the_bundled_snapshot(film: Path, tmp_path: Path) -> None:
     proc = run_cli(f"project_dir={film}", "dry_run=true", "offline=true", "model=veo31", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "schema fal-ai/veo3.1/fast/image-to-video: bundled snapshot (2026-06-11), sha256 " in proc.stdout
+
+
+def test_offline_without_any_schema_is_refused(film: Path, tmp_path: Path) -> None:
+    # Seedance 1.0's documents are in neither the cache nor the bundled snapshot.
+    proc = run_cli(f"project_dir={film}", "dry_run=true", "offline=true", "model=seedance_v1", cwd=tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("aivp-batch: error: fal-ai/veo3.1") and "OpenAPI schema" in last
+    assert last.startswith("aivp-batch: error: fal-ai/bytedance/seedance/v1") and "OpenAPI schema" in last
+    assert "neither the schema cache nor the bundled snapshot" in last

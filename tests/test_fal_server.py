@@ -1,4 +1,4 @@
-"""The fake fal server speaks the protocol of shared/reference/fal-queue-protocol.md, over real sockets."""
+"""The fake fal server speaks fal's queue protocol, over real sockets."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ import av
 import httpx
 import pytest
 
+from aivp_batch.snapshot import SNAPSHOT_DIR
 from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan, parse_duration, payload_hash
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "fal-schemas"
+SCHEMAS = SNAPSHOT_DIR
 KEY = {"Authorization": "Key test-key"}
 T2V = "fal-ai/kling-video/v3/pro/text-to-video"
 
 
 @pytest.fixture
 def fal() -> Iterator[FakeFal]:
-    with FakeFal(SCHEMAS, latency_s=0.3, keepalive_s=0.05) as server:
+    with FakeFal(latency_s=0.3, keepalive_s=0.05) as server:
         yield server
 
 
@@ -204,7 +205,7 @@ def test_storage_token_and_upload(fal: FakeFal, client: httpx.Client) -> None:
     assert fal.stats.uploads_by_hash[digest] == 1 and fal.stats.calls["upload"] == 2
 
 
-def test_schema_endpoint_serves_shared_documents_without_auth(client: httpx.Client) -> None:
+def test_schema_endpoint_serves_the_bundled_snapshot_without_auth(client: httpx.Client) -> None:
     r = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": T2V})
     assert r.status_code == 200
     assert r.json() == json.loads((SCHEMAS / f"{T2V.replace('/', '__')}.json").read_text())

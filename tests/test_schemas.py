@@ -1,7 +1,6 @@
-"""Tests of aivp_batch.schemas against the 32 real fal OpenAPI documents in ../shared.
+"""Tests of aivp_batch.schemas against the 32 real fal OpenAPI documents of the bundled snapshot.
 
-The documents are served from a loopback HTTP server (never copied into the repo), so the
-fetch/cache code runs for real, offline.
+The documents are served from a loopback HTTP server, so the fetch/cache code runs for real, offline.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ from PIL import Image
 
 from aivp_batch.errors import SchemaUnavailable
 from aivp_batch.schemas import SCHEMA_PATH, EndpointSchema, SchemaIssue, SchemaStore, safe_name
+from aivp_batch.snapshot import SNAPSHOT_DIR, Snapshot
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "fal-schemas"
-ENDPOINTS = sorted(p.stem.replace("__", "/") for p in SCHEMA_DIR.glob("*.json") if not p.name.startswith("_"))
+SCHEMA_DIR = SNAPSHOT_DIR
+ENDPOINTS = Snapshot().endpoints()
 
 KLING_V3_I2V = "fal-ai/kling-video/v3/pro/image-to-video"
 KLING_V3_T2V = "fal-ai/kling-video/v3/pro/text-to-video"
 KLING_O3_REF = "fal-ai/kling-video/o3/pro/reference-to-video"
 KLING_O3_EDIT = "fal-ai/kling-video/o3/pro/video-to-video/edit"
 VEO = "fal-ai/veo3.1"
-
-pytestmark = pytest.mark.skipif(not SCHEMA_DIR.is_dir(), reason="no ../shared/fal-schemas beside the repo")
 
 
 def _document(endpoint_id: str) -> dict:
@@ -104,27 +102,46 @@ def fal(_server: SchemaServer, monkeypatch: pytest.MonkeyPatch) -> SchemaServer:
 
 @pytest.fixture
 def store(fal: SchemaServer, tmp_path: Path) -> SchemaStore:
-    return SchemaStore(fal.url, tmp_path / "cache", timeout_s=5)
+    return SchemaStore(fal.url, tmp_path / "cache", timeout_s=5, bundled=None)
 
 
 def _minimal_payload(schema: EndpointSchema) -> dict:
-    """Required fields filled from the document's own examples (else default / first choice)."""
-    payload = {}
-    for name in schema.required:
-        prop = schema.input_schema["properties"][name]
-        if prop.get("examples"):
-            payload[name] = prop["examples"][0]
-        elif "default" in prop:
-            payload[name] = prop["default"]
-        else:
-            payload[name] = schema.allowed_values(name)[0]
-    return payload
+    """Required fields filled from their default, first choice, or a sample of their type (the
+    snapshot carries no `examples`: they are prose)."""
+    return {name: _sample(schema, name) for name in schema.required}
+
+
+def _sample(schema: EndpointSchema, field: str) -> object:
+    node = schema.field_schema(field) or {}
+    if "default" in node:
+        return node["default"]
+    if schema.allowed_values(field):
+        return schema.allowed_values(field)[0]
+    kind = next((b.get("type") for b in schema._branches(node) if b.get("type") not in (None, "null")), None)
+    if kind == "array":
+        item = schema.field_schema(field + "[0]") or {}
+        needed = list(item.get("required") or [])
+        value = (
+            {k: _sample(schema, f"{field}[0].{k}") for k in needed}
+            if needed
+            else _sample(schema, field + "[0]")
+        )
+        return [value] * max(1, int(node.get("minItems", 1)))
+    if kind == "object":
+        return {k: _sample(schema, f"{field}.{k}") for k in node.get("required") or []}
+    if kind in ("integer", "number"):
+        return node.get("minimum", 1)
+    return (
+        "https://example.com/a.png"
+        if field.endswith("url") or "url" in field.rsplit(".", 1)[-1]
+        else "a test"
+    )
 
 
 # ---------------------------------------------------------------- all 32 documents
 
 
-def test_shared_documents_are_all_there() -> None:
+def test_bundled_documents_are_all_there() -> None:
     assert len(ENDPOINTS) == 32
 
 
@@ -293,8 +310,44 @@ def test_offline_uses_the_cache_of_any_age(fal: SchemaServer, store: SchemaStore
 
 def test_offline_without_cache_is_unavailable(fal: SchemaServer, tmp_path: Path) -> None:
     with pytest.raises(SchemaUnavailable, match="run once online"):
-        SchemaStore(fal.url, tmp_path / "cache", offline=True).get(VEO)
+        SchemaStore(fal.url, tmp_path / "cache", offline=True, bundled=None).get(VEO)
     assert fal.requests == []
+
+
+def test_offline_without_cache_uses_the_bundled_snapshot(fal: SchemaServer, tmp_path: Path) -> None:
+    schema = SchemaStore(fal.url, tmp_path / "cache", offline=True).get(VEO)
+    assert fal.requests == []
+    assert schema.source.startswith("bundled snapshot (2026-06-11)")
+    assert schema.sha256 == Snapshot().sources[VEO]["sha256"]
+    assert schema.validate({"prompt": "a cat", "duration": "6s"}) == []
+    assert schema.allowed_values("duration") == ["4s", "6s", "8s"]
+
+
+def test_resolution_order_live_then_cache_then_bundled(fal: SchemaServer, tmp_path: Path) -> None:
+    live = SchemaStore(fal.url, tmp_path / "cache").get(VEO)
+    assert live.source.startswith("live http://127.0.0.1:") and fal.requests == [VEO]
+    fal.overrides[VEO] = (503, b"down")
+    stale = SchemaStore(fal.url, tmp_path / "cache", ttl_s=0)
+    assert stale.get(VEO).source.startswith("cached copy (fetched ") and "HTTP 503" in stale.warnings[0]
+    fresh_install = SchemaStore(fal.url, tmp_path / "empty")
+    bundled = fresh_install.get(VEO)
+    assert bundled.source.startswith("bundled snapshot") and bundled.sha256 == live.sha256  # served from it
+    [warning] = fresh_install.warnings
+    assert "HTTP 503" in warning and "validating against the bundled snapshot (2026-06-11)" in warning
+
+
+def test_the_snapshot_is_fals_document_without_prose() -> None:
+    from aivp_batch.snapshot import reduce_document
+
+    document = Snapshot().get(KLING_V3_I2V).document
+    text = json.dumps(document)
+    assert '"description"' not in text and '"examples"' not in text and '"title"' not in text
+    props = document["components"]["schemas"]["KlingVideoV3ProImageToVideoInput"]["properties"]
+    assert props["duration"]["enum"] == [str(n) for n in range(3, 16)]
+    assert props["start_image_url"]["x-fal"]["max_file_size"] > 0
+    # A field called `title` or `description` is a name, not prose: it stays.
+    doc = {"properties": {"title": {"type": "string", "title": "Title"}}, "description": "prose"}
+    assert reduce_document(doc) == {"properties": {"title": {"type": "string"}}}
 
 
 @pytest.mark.parametrize(
@@ -326,7 +379,7 @@ def test_unreachable_server_is_schema_unavailable(fal: SchemaServer, tmp_path: P
     url = f"http://127.0.0.1:{closed.server_address[1]}"
     closed.server_close()
     with pytest.raises(SchemaUnavailable, match="ConnectError"):
-        SchemaStore(url, tmp_path / "cache", timeout_s=2).get(VEO)
+        SchemaStore(url, tmp_path / "cache", timeout_s=2, bundled=None).get(VEO)
 
 
 def test_sha256_is_stable(fal: SchemaServer, store: SchemaStore, tmp_path: Path) -> None:

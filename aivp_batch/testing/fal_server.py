@@ -1,6 +1,6 @@
 """A fake fal.ai server on loopback that speaks the real queue protocol.
 
-It follows the checklist of `shared/reference/fal-queue-protocol.md` (section 13): queue submit /
+It follows fal's documented queue protocol: queue submit /
 status / SSE status stream / result / cancel, CDN storage token + upload, the per-model OpenAPI
 endpoint and `/v1/models` search, and downloadable MP4 outputs that really decode. One server
 answers every host (queue, rest, cdn, schema, api); the client takes each base URL from config.
@@ -9,7 +9,7 @@ Threads, not asyncio: `ThreadingHTTPServer` gives each connection its own daemon
 open SSE streams are just 60 sleeping threads, and a test's asyncio loop never shares a loop
 with the server. Faults are scripted, deterministic and counted (`FaultPlan`).
 
-    python -m aivp_batch.testing.fal_server --port 8765 --schemas DIR --latency 2
+    python -m aivp_batch.testing.fal_server --port 8765 [--schemas DIR] --latency 2
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..snapshot import SNAPSHOT_DIR, Snapshot
 from .clips import clip_for
 from .faults import Fault, FaultPlan
 
@@ -185,7 +186,7 @@ class FakeFal:
         token_ttl_s: float = 3600.0,
         verbose: bool = False,
     ) -> None:
-        self.schemas_dir = Path(schemas_dir) if schemas_dir else None
+        self.schemas_dir = Path(schemas_dir) if schemas_dir else SNAPSHOT_DIR  # the bundled snapshot
         self.key = key
         self.latency_s = latency_s
         self.video = Path(video) if video else None
@@ -371,8 +372,9 @@ def _seed_of(payload: Any) -> int:
 def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
     if not schemas_dir or not schemas_dir.is_dir():
         return []
-    meta_file = schemas_dir / "_catalog-metadata.json"
+    meta_file = schemas_dir / "_catalog-metadata.json"  # a folder of fal's documents has one
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    snapshot = Snapshot(schemas_dir)  # a snapshot folder keeps the same facts in _sources.json
     models = []
     for path in sorted(schemas_dir.glob("*.json")):
         if path.name.startswith("_"):
@@ -383,6 +385,7 @@ def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
         endpoint_id = fal_meta.get("endpointId") or path.stem.replace("__", "/")
         metadata = dict(
             meta.get(endpoint_id, {}).get("metadata")
+            or snapshot.sources.get(endpoint_id, {}).get("metadata")
             or {
                 "display_name": endpoint_id,
                 "category": fal_meta.get("category"),
@@ -842,7 +845,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Run a fake fal.ai server on loopback.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--schemas", type=Path, help="folder of <endpoint id with / as __>.json OpenAPI docs")
+    p.add_argument(
+        "--schemas",
+        type=Path,
+        help="folder of <endpoint id with / as __>.json OpenAPI docs (default: the bundled snapshot)",
+    )
     p.add_argument("--latency", type=float, default=2.0, help="seconds from submit to COMPLETED")
     p.add_argument("--key", default="test-key")
     p.add_argument("--video-size", type=int, default=None, help="pad served MP4s to this many bytes")
