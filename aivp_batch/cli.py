@@ -17,31 +17,46 @@ from .app import EXIT_BAD_INPUT, EXIT_FAILED, run
 from .errors import AivpError, AuthError, InputError, SchemaUnavailable
 from .files import atomic_write_text
 from .keys import find_key, redact
+from .user_conf import ENV_VAR, group_options, missing_env_dir, shadowing_primary
 
 
 def unknown_choice(argv: list[str]) -> str | None:
     """One line for `model=nope`-style mistakes, before Hydra prints its multi-line report.
-    Skipped when the user adds config dirs, whose options only Hydra can see."""
+    Knows the packaged options and the user's own (`$AIVP_CONFIG_DIR`, `./conf`: see `user_conf`);
+    skipped when the command line adds config dirs, whose options only Hydra can see."""
     if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath", "--config-path", "-cp")) for a in argv):
         return None
-    conf = Path(__file__).parent / "conf"
     for arg in argv:
-        group, sep, value = arg.partition("=")
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+")  # `+experiment=NAME` adds a group the defaults list lacks
         if not sep or group not in CHOICE_GROUPS or "(" in value:  # glob(*), choice(…): Hydra's job
             continue
-        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        options = group_options(group)
         for choice in value.split(","):  # a sweep lists several
             if choice and choice not in options:
-                return f"unknown {group}={choice} (available: {', '.join(options)})"
+                return f"unknown {group}={choice} (available: {', '.join(options) or 'none'})"
     return None
 
 
-CHOICE_GROUPS = ("provider", "model", "tier", "manifest")
+CHOICE_GROUPS = ("provider", "model", "tier", "manifest", "experiment")
+
+
+def user_conf_problems() -> tuple[str | None, list[str]]:
+    """(an error, notes) about the user's config layer, said before Hydra starts."""
+    missing = missing_env_dir()
+    error = f"{ENV_VAR}={missing} is not a directory" if missing else None
+    notes = [
+        f"{path} replaces the packaged primary config (config.yaml) wholesale" for path in shadowing_primary()
+    ]
+    return error, notes
 
 
 def main() -> None:
     """The console entry point: `python -m aivp_batch` / `aivp-batch`."""
-    problem = unknown_choice(sys.argv[1:])
+    problem, notes = user_conf_problems()
+    for note in notes:
+        print(f"aivp-batch: note: {note}", file=sys.stderr)
+    problem = problem or unknown_choice(sys.argv[1:])
     if problem:
         print(f"aivp-batch: error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
