@@ -8,6 +8,7 @@ or was not rendered, 2 for bad input (nothing was spent).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sys
@@ -28,10 +29,12 @@ from .models import build_model_spec
 from .planning import Job, Plan, plan_jobs
 from .progress import Progress
 from .providers.base import Provider
+from .reconcile import ReconcilePolicy
 from .records import Journal, PlanBoard, UploadCache, now_iso, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import EndpointSchema, SchemaStore
-from .storyboard import select_shots
+from .store_lock import StoreLock
+from .storyboard import Storyboard, select_shots
 from .validation import validate_jobs
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -47,8 +50,9 @@ class Paths:
 
 def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> Paths:
     """Where things go. A sweep member writes its clips, logs and plan into its own run dir (so
-    members stay comparable side by side) but shares the project's job store, so a render any
-    member or earlier run already paid for is reused."""
+    members stay comparable side by side) but shares the job store, so a render any member or
+    earlier run already paid for is reused. The store never lives in a run dir: it is the
+    project's `.aivp`, else `<output_dir>/.aivp`, else the user's `$AIVP_HOME` (`~/.aivp`)."""
     project = Path(cfg.project_dir).expanduser().resolve() if cfg.project_dir else None
     if project is not None and not project.is_dir():
         raise ConfigError(f"project_dir={cfg.project_dir}: no such directory")
@@ -59,8 +63,20 @@ def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) ->
     base = project if project is not None else run_dir
     default_output = (run_dir if sweep_member else base) / "video"
     output = Path(cfg.output_dir).expanduser().resolve() if cfg.output_dir else default_output
-    store = Path(cfg.store_dir).expanduser().resolve() if cfg.store_dir else base / ".aivp"
+    if cfg.store_dir:
+        store = Path(cfg.store_dir).expanduser().resolve()
+    elif project is not None:
+        store = project / ".aivp"
+    elif cfg.output_dir:
+        store = output / ".aivp"
+    else:
+        store = aivp_home()
     return Paths(project, output, store, run_dir)
+
+
+def aivp_home() -> Path:
+    """The user's own aivp folder: `$AIVP_HOME`, else `~/.aivp` (also where keys.py looks for .env)."""
+    return Path(os.environ.get("AIVP_HOME") or Path.home() / ".aivp").expanduser().resolve()
 
 
 def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str]]:
@@ -86,6 +102,7 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
         character_refs=bool(cfg.character_refs),
         payload_extra=_container(cfg.payload_extra),
         rng=random.Random(),
+        max_prompt_chars=cfg.get("max_prompt_chars"),
     )
     return plan, problems, list(board.warnings)
 
@@ -164,6 +181,15 @@ def plan_json(plan: Plan, schemas: dict[str, EndpointSchema], paths: Paths) -> d
     }
 
 
+def rerender_ids(cfg: DictConfig, jobs: list[Job]) -> frozenset[str]:
+    """The shots `rerender=[…]` names (same forms as `shots=`): rendered and paid for again."""
+    if not cfg.get("rerender"):
+        return frozenset()
+    selection = list(cfg.rerender) if OmegaConf.is_list(cfg.rerender) else cfg.rerender
+    board = Storyboard(shots=[shot for job in jobs for shot in job.shots])
+    return frozenset(shot.id for shot in select_shots(board, selection).shots)
+
+
 async def execute(
     cfg: DictConfig, jobs: list[Job], paths: Paths, schemas: dict[str, EndpointSchema]
 ) -> list[JobResult]:
@@ -182,6 +208,9 @@ async def execute(
         max_in_flight=int(cfg.provider.max_in_flight),
         schemas=schemas,
         resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
+        rerender=rerender_ids(cfg, jobs),
+        reconcile=ReconcilePolicy(**_container(cfg.provider.get("reconcile"))),
+        price_drift=float(cfg.get("price_drift", 0.05)),
         uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
         on_event=progress,
     )
@@ -211,6 +240,25 @@ def _install_interrupts(ctx: RunContext) -> None:
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     except (NotImplementedError, RuntimeError):  # not the main thread (e.g. a launcher worker)
         pass
+
+
+def cost_totals(results: list[JobResult]) -> dict[str, float]:
+    """This run's spend: what the provider billed, what only has our estimate, and the estimate of
+    both (reused clips cost nothing this run)."""
+    paid = [r for r in results if r.cost_usd and not r.reused]
+    billed = sum(r.cost_usd for r in paid if r.cost_source == "billed")
+    at_estimate = sum(r.cost_usd for r in paid if r.cost_source != "billed")
+    return {
+        "spent_usd": round(billed + at_estimate, 4),
+        "billed_usd": round(billed, 4),
+        "at_estimate_usd": round(at_estimate, 4),
+        "estimated_usd": round(sum(r.estimate_usd or r.cost_usd for r in paid), 4),
+    }
+
+
+def _lock_wait(cfg: DictConfig) -> float | None:
+    wait = cfg.get("lock_wait_s")
+    return None if wait is None else float(wait)
 
 
 def _budget(cfg: DictConfig) -> float | None:
@@ -257,19 +305,24 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         print(text)
         atomic_write_text(run_dir / "plan.txt", text + "\n")
         return (EXIT_FAILED if problems else EXIT_OK), summary
-    results = asyncio.run(execute(cfg, plan.jobs, paths, schemas))
+    # One run at a time per store, held from before the first request until the last record.
+    with StoreLock(paths.store_dir, _lock_wait(cfg)):
+        results = asyncio.run(execute(cfg, plan.jobs, paths, schemas))
     done = sum(r.status == "done" for r in results)
+    costs = cost_totals(results)
     summary.update(
         finished=now_iso(),
         results=[r.__dict__ for r in results],
         done=done,
         failed=len(results) - done,
-        spent_usd=round(sum(r.cost_usd for r in results), 4),
+        **costs,
         clips_dir=str(paths.output_dir / "clips"),
         plan_md=str(paths.output_dir / "plan.md"),
     )
     print(
-        f"{done}/{len(results)} clips done, ${summary['spent_usd']:.2f} spent; "
+        f"{done}/{len(results)} clips done, ${costs['spent_usd']:.2f} spent "
+        f"(${costs['billed_usd']:.2f} billed, ${costs['at_estimate_usd']:.2f} at estimate; "
+        f"estimated ${costs['estimated_usd']:.2f}); "
         f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}"
     )
     ok = done == len(results) and not problems

@@ -31,6 +31,10 @@ class Ledger:
     def committed_usd(self) -> float:
         return round(self._spent + sum(self._reserved.values()), 4)
 
+    def holds(self, key: str) -> bool:
+        """Does this run hold a reservation for `key`?"""
+        return key in self._reserved
+
     async def reserve(self, key: str, identity: str, estimate_usd: float) -> bool:
         """Reserve `estimate_usd` for a job; False (and nothing reserved) if it would pass the budget."""
         async with self._lock:

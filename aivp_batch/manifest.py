@@ -184,6 +184,8 @@ def _image(project_dir: Path | None, value: Any, label: str, *, confine: bool = 
         path = resolve_in_project(project_dir, raw, _FILE)
     else:
         path = ((project_dir or Path.cwd()) / raw).resolve()
+    if path.is_dir():
+        raise _Unusable(f"{label} is a directory, not an image file: {Path(value).as_posix()}")
     if not path.is_file():
         # A named frame that is missing must not silently turn an I2V shot into T2V.
         raise _Unusable(f"{label} not found: {Path(value).as_posix()}")

@@ -117,6 +117,67 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+_SNIFF_BYTES = 64
+# ISO base media (`ftyp`) brands, most telling first: an AVIF often has major brand mif1 and avif
+# among its compatible brands. Anything else with an `ftyp` box is an MP4.
+_FTYP_BRANDS = {
+    b"avif": "image/avif",
+    b"avis": "image/avif",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"mif1": "image/heif",
+    b"msf1": "image/heif",
+    b"qt  ": "video/quicktime",
+    b"M4A ": "audio/mp4",
+    b"M4B ": "audio/mp4",
+}
+_RIFF_KINDS = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}
+
+
+def sniff_content_type(path: Path) -> str | None:
+    """The media type a file's leading bytes (its magic number) say it is, whatever its name;
+    None when they match none of the image, video and audio formats a model input can be.
+    OSError when the file cannot be read."""
+    with open(path, "rb") as fh:
+        return sniff_bytes(fh.read(_SNIFF_BYTES))
+
+
+def sniff_bytes(head: bytes) -> str | None:
+    """`sniff_content_type` for a file's bytes (only the first 64 are looked at)."""
+    head = head[:_SNIFF_BYTES]
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] in _RIFF_KINDS:
+        return _RIFF_KINDS[head[8:12]]
+    if head[:2] == b"BM" and len(head) >= 14 and head[6:10] == b"\0\0\0\0":  # reserved, always 0
+        return "image/bmp"
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        return _ftyp_type(head)
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, or WebM when its doctype says so
+        return "video/webm" if b"webm" in head else "video/x-matroska"
+    if head[:4] == b"OggS":
+        return "audio/ogg"
+    if head[:4] == b"fLaC":
+        return "audio/flac"
+    if head[:3] == b"ID3":
+        return "audio/mpeg"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # an MPEG audio frame sync
+        return "audio/aac" if head[1] & 0x06 == 0 else "audio/mpeg"  # layer bits 00: ADTS AAC
+    return None
+
+
+def _ftyp_type(head: bytes) -> str:
+    end = min(int.from_bytes(head[:4], "big"), len(head))
+    brands = {head[8:12], *(head[i : i + 4] for i in range(16, end - 3, 4))}
+    return next((kind for brand, kind in _FTYP_BRANDS.items() if brand in brands), "video/mp4")
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:

@@ -19,6 +19,9 @@ MODE_KEYS = {T2V: "t2v", I2V: "i2v", FLF: "flf", REF: "ref"}
 
 # Keys of a tier block that are not settings.
 _TIER_RESERVED = {"fields", "durations"}
+# The smallest side of an input image where neither the endpoint's schema nor the model YAML
+# (`min_image_px`) says otherwise: a few pixels are no keyframe, and fal would bill the render.
+DEFAULT_MIN_IMAGE_PX = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,22 @@ class FieldSpec:
             return int(round(float(value)))
         if self.type == "str":
             return str(value)
+        return value
+
+    def parse(self, value: Any) -> Any:
+        """The generic value an endpoint value stands for: the inverse of `convert`
+        ("12" → 12, "8s" → 8 for a duration; "1080p" stays). ValueError when it does not fit."""
+        if self.format is not None and isinstance(value, str):
+            head, sep, tail = self.format.partition("{}")
+            if not sep or not value.startswith(head) or not value.endswith(tail):
+                raise ValueError(f"{value!r} does not read as {self.format!r}")
+            value = value[len(head) : len(value) - len(tail)]
+            try:
+                return _plain_number(float(value))
+            except ValueError:
+                return value
+        if self.type == "int":
+            return int(round(float(value)))
         return value
 
 
@@ -89,6 +108,7 @@ class ModelSpec:
     settings: dict[str, Any]
     pricing: dict[str, Any]
     modes: dict[str, ModeSpec]
+    min_image_px: int = DEFAULT_MIN_IMAGE_PX  # input images' smallest side, where x-fal gives none
 
     def mode(self, mode: str) -> ModeSpec | None:
         return self.modes.get(mode)
@@ -128,7 +148,16 @@ def build_model_spec(
         settings=settings,
         pricing=pricing,
         modes=modes,
+        min_image_px=_min_image_px(name, model.get("min_image_px")),
     )
+
+
+def _min_image_px(name: str, raw: Any) -> int:
+    if raw is None:
+        return DEFAULT_MIN_IMAGE_PX
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ConfigError(f"model={name}: min_image_px must be a whole number of pixels ≥ 1, not {raw!r}")
+    return raw
 
 
 def _model_modes(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -20,12 +21,14 @@ from typing import Any
 
 from .errors import ConfigError
 from .media import sha256_file
-from .models import FLF, I2V, REF, T2V, ModelSpec, ModeSpec
-from .pricing import estimate_usd
+from .models import DEFAULT_MIN_IMAGE_PX, FLF, I2V, REF, T2V, ModelSpec, ModeSpec
+from .pricing import estimate_usd, priced_keys
 from .storyboard import Shot
 
 DEFAULT_ASPECT = "16:9"
 DEFAULT_DURATION_S = 5
+DEFAULT_MAX_PROMPT_CHARS = 20000  # config.yaml `max_prompt_chars`; far above any real prompt
+_TEXT_FIELDS = ("prompt", "negative_prompt")  # generic fields the size cap applies to
 _CN_IMAGE_REF = re.compile(r"@(?:图片|图|image_file_|Image|image)(\d+)")
 
 
@@ -41,7 +44,7 @@ class Job:
     endpoint: str
     payload: dict[str, Any]
     files: dict[str, Path]  # payload path (e.g. "image_url", "image_urls[1]") → local file
-    duration_s: int
+    duration_s: int  # what the final payload asks for (payload_extra too); the clip is checked against it
     requested_duration_s: float | None
     duration_note: str | None
     prompt_variant: str
@@ -52,6 +55,7 @@ class Job:
     identity: str = ""
     file_hashes: dict[str, str] = field(default_factory=dict)
     seed_field: str | None = None  # None: the endpoint takes no seed (it is recorded, not sent)
+    min_image_px: int = DEFAULT_MIN_IMAGE_PX  # the model's floor for input image sides
 
     @property
     def prompt(self) -> str:
@@ -78,10 +82,15 @@ def plan_jobs(
     character_refs: bool = True,
     payload_extra: Mapping[str, Any] | None = None,
     rng: random.Random | None = None,
+    max_prompt_chars: int | None = None,
 ) -> Plan:
-    """Turn shots into jobs for one model; problems are collected, one line per shot."""
+    """Turn shots into jobs for one model; problems are collected, one line per shot.
+    `max_prompt_chars` caps each prompt's length (None: DEFAULT_MAX_PROMPT_CHARS)."""
     if duration_policy not in ("raise", "strict"):
         raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
+    cap = DEFAULT_MAX_PROMPT_CHARS if max_prompt_chars is None else int(max_prompt_chars)
+    if cap < 1:
+        raise ConfigError(f"max_prompt_chars={max_prompt_chars} must be at least 1")
     rng = rng or random.Random()
     plan = Plan(jobs=[], errors=[])
     for shot in shots:
@@ -96,6 +105,7 @@ def plan_jobs(
                     duration_policy=duration_policy,
                     character_refs=character_refs,
                     payload_extra=payload_extra or {},
+                    max_prompt_chars=cap,
                 )
             )
         except ConfigError as exc:
@@ -113,6 +123,7 @@ def _plan_shot(
     duration_policy: str,
     character_refs: bool,
     payload_extra: Mapping[str, Any],
+    max_prompt_chars: int,
 ) -> Job:
     mode_spec = choose_mode(shot, spec, character_refs)
     variant, prompt = pick_prompt(shot, spec)
@@ -123,16 +134,26 @@ def _plan_shot(
     generic = _generic_values(shot, mode_spec, prompt, duration, job_seed)
     payload, files = build_payload(mode_spec, generic)
     payload.update(payload_extra)
-    aspect = generic["aspect_ratio"]
+    check_text_sizes(shot, mode_spec, payload, max_prompt_chars)
+    # Price what is sent: payload_extra may have changed the duration, resolution or audio.
+    sent = sent_values(shot, mode_spec, payload, priced_keys(spec.pricing))
+    sent_duration = sent.pop("duration", duration)
+    if sent_duration != duration:
+        field_name = mode_spec.fields["duration"].field
+        sent_as = f"{field_name}={payload[field_name]!r}"
+        note = f"payload_extra sets {sent_as}: {_fmt(sent_duration)}s, not {_fmt(duration)}s"
+        duration = sent_duration
+    aspect = sent.pop("aspect_ratio", generic["aspect_ratio"])
+    settings = {**mode_spec.settings, **sent}
     cost = estimate_usd(
         spec.pricing,
         duration_s=duration,
-        settings=mode_spec.settings,
+        settings=settings,
         endpoint=mode_spec.endpoint,
         mode=mode_spec.mode,
         aspect_ratio=aspect,
     )
-    hashes = {key: sha256_file(path) for key, path in files.items()}
+    hashes = {key: _hash_input(shot, path) for key, path in files.items()}
     seed_spec = mode_spec.fields.get("seed")
     identity = job_identity(
         provider,
@@ -159,11 +180,64 @@ def _plan_shot(
         seed=job_seed,
         seed_random=seed is None,
         estimate_usd=cost,
-        settings=dict(mode_spec.settings),
+        settings=settings,
         identity=identity,
         file_hashes=hashes,
         seed_field=seed_spec.field if seed_spec else None,
+        min_image_px=spec.min_image_px,
     )
+
+
+def check_text_sizes(shot: Shot, mode_spec: ModeSpec, payload: Mapping[str, Any], cap: int) -> None:
+    """A prompt longer than `max_prompt_chars` is a planning error, before anything is sent."""
+    for generic in _TEXT_FIELDS:
+        fspec = mode_spec.fields.get(generic)
+        value = payload.get(fspec.field) if fspec is not None else None
+        if isinstance(value, str) and len(value) > cap:
+            raise ConfigError(
+                f"{_where(shot)}: {generic} is {len(value):,} characters; the limit is max_prompt_chars={cap}"
+            )
+
+
+def sent_values(
+    shot: Shot, mode_spec: ModeSpec, payload: Mapping[str, Any], keys: set[str]
+) -> dict[str, Any]:
+    """The generic values (`keys`: duration, resolution, audio…) the final payload carries, read
+    back through the mode's field map ("12" → 12, "8s" → 8); a key the mode does not send, or
+    sends as null, is left out."""
+    out: dict[str, Any] = {}
+    for generic in sorted(keys):
+        fspec = mode_spec.fields.get(generic)
+        if fspec is None or payload.get(fspec.field) is None:
+            continue
+        raw = payload[fspec.field]
+        try:
+            value = fspec.parse(raw)
+            if generic == "duration":
+                value = _seconds(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{_where(shot)}: {fspec.field}={raw!r} in the payload does not read as a {generic} "
+                f"for {mode_spec.endpoint}"
+            ) from None
+        out[generic] = value
+    return out
+
+
+def _seconds(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise TypeError("a duration is a number")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("a duration is a positive number")
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+def _hash_input(shot: Shot, path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{_where(shot)}: {path} cannot be read ({exc.strerror or exc})") from None
 
 
 def choose_mode(shot: Shot, spec: ModelSpec, character_refs: bool) -> ModeSpec:

@@ -47,6 +47,15 @@ def estimate_usd(
     raise ConfigError(f"pricing unit {unit!r} is not one of second, token, video, free")
 
 
+def priced_keys(rule: Mapping[str, Any]) -> set[str]:
+    """The generic values an estimate under `rule` depends on: the clip's duration, resolution
+    and aspect ratio (token pricing) and every key a rate's `when` compares."""
+    keys = {"duration", "resolution", "aspect_ratio"}
+    for rate in rule.get("rates") or []:
+        keys.update(str(k) for k in (rate.get("when") or {}))
+    return keys - {"endpoint", "mode"}
+
+
 def _first_match(rates: list[Mapping[str, Any]], context: Mapping[str, Any]) -> Mapping[str, Any]:
     for rate in rates:
         if all(_matches(key, want, context.get(key)) for key, want in (rate.get("when") or {}).items()):

@@ -99,8 +99,9 @@ def read_logs(log_dir: Path) -> list[dict[str, Any]]:
 
 
 def plan_row(log: Mapping[str, Any]) -> str:
-    """One table row, without its leading `| # ` column."""
-    cost = log.get("cost_usd")
+    """One table row, without its leading `| # ` column. Cost: `$0.26` billed, `~$0.26` our
+    estimate (the provider reported no bill), blank until the clip is done."""
+    cost = _cost_cell(log)
     cells = (
         log.get("id", "?"),
         f"`{log.get('file') or ''}`",
@@ -108,15 +109,33 @@ def plan_row(log: Mapping[str, Any]) -> str:
         log.get("mode") or "",
         log.get("status", "pending"),
         "" if log.get("seed") is None else log["seed"],
-        "" if cost is None else f"${cost:.2f}",
+        cost,
         log.get("request_id") or "",
     )
     return " | ".join(str(c) for c in cells) + " |"
 
 
-def _plan_text(rows: list[str]) -> str:
+def _cost_cell(log: Mapping[str, Any]) -> str:
+    cost = log.get("cost_usd")
+    if log.get("status") != DONE or not isinstance(cost, int | float):
+        return ""
+    return f"${cost:.2f}" if log.get("cost_source") == "billed" else f"~${cost:.2f}"
+
+
+def _costs(log: Mapping[str, Any]) -> tuple[float, float]:
+    """(billed, estimated) of a done shot's clip, for the plan's totals line."""
+    if log.get("status") != DONE:
+        return 0.0, 0.0
+    cost = float(log.get("cost_usd") or 0.0)
+    estimate = float(log.get("estimate_usd") or cost)
+    return (cost if log.get("cost_source") == "billed" else 0.0), estimate
+
+
+def _plan_text(rows: list[str], costs: list[tuple[float, float]]) -> str:
     body = "".join(f"| {i} | {row}\n" for i, row in enumerate(rows, start=1))
-    return "# Video generation plan\n\n" + PLAN_HEADER + body
+    billed, estimated = sum(c[0] for c in costs), sum(c[1] for c in costs)
+    totals = f"\nTotal of the clips listed: ${billed:.2f} billed; ${estimated:.2f} estimated.\n"
+    return "# Video generation plan\n\n" + PLAN_HEADER + body + totals
 
 
 def _order(log: Mapping[str, Any]) -> tuple[int, str]:
@@ -133,15 +152,26 @@ class PlanBoard:
         self.output_dir = output_dir
         self.log_dir = output_dir / "log"
         self.min_interval_s = min_interval_s
+        logs = read_logs(self.log_dir)
         # Each shot's rendered row, so a change re-formats one row, not the whole table.
-        self._rows = {str(log.get("id")): (_order(log), plan_row(log)) for log in read_logs(self.log_dir)}
+        self._rows = {str(log.get("id")): (_order(log), plan_row(log), _costs(log)) for log in logs}
+        # What was last delivered per shot (as this run began): the clip's hash and the delivered
+        # copy's size/mtime, to tell a clip someone edited from one we put there.
+        self.delivered: dict[str, dict[str, Any]] = {
+            str(log.get("id")): {"clip": log.get("clip"), "delivered": log.get("delivered")}
+            for log in logs
+            if log.get("status") == DONE and log.get("clip")
+        }
         self._written_at = 0.0
         self._pending: asyncio.TimerHandle | None = None
+
+    def has(self, shot_id: str) -> bool:
+        return shot_id in self._rows
 
     def update(self, shot_id: str, log: Mapping[str, Any]) -> None:
         """Write the shot's log now; rewrite plan.md now, or within `min_interval_s` during a burst of
         changes (hundreds of jobs changing at once would otherwise rewrite it hundreds of times)."""
-        self._rows[shot_id] = (_order(log), plan_row(log))
+        self._rows[shot_id] = (_order(log), plan_row(log), _costs(log))
         atomic_write_json(self.log_dir / f"{shot_id}.json", log, durable=False)
         wait = self.min_interval_s - (time.monotonic() - self._written_at)
         if wait <= 0:
@@ -156,6 +186,7 @@ class PlanBoard:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        rows = [row for _, row in sorted(self._rows.values())]
-        atomic_write_text(self.output_dir / "plan.md", _plan_text(rows), durable=False)
+        ordered = sorted(self._rows.values(), key=lambda r: r[0])
+        text = _plan_text([row for _, row, _ in ordered], [cost for _, _, cost in ordered])
+        atomic_write_text(self.output_dir / "plan.md", text, durable=False)
         self._written_at = time.monotonic()

@@ -10,24 +10,30 @@ Journal states per job identity (see records.py): a `done` job is reused (zero r
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .billing import billed_cost, drift_warning
 from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
 from .files import ensure_dir
 from .media import sha256_file, verify_clip
 from .planning import Job, replace_strings
-from .providers.base import Outcome, Provider, StatusUpdate, Submission
+from .providers.base import HistoryRow, Outcome, Provider, StatusUpdate, Submission
+from .reconcile import LostSubmit, ReconcilePolicy, Verdict
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 from .schemas import EndpointSchema
 
 DURATION_TOLERANCE_S = 0.6
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, bcachefs, APFS-like CoW)
 
 
 @dataclass
@@ -44,14 +50,22 @@ class RunContext:
     # What each endpoint's payloads were validated against (its sha256 and source are logged).
     schemas: Mapping[str, EndpointSchema] = field(default_factory=dict)
     resubmit_unknown: bool = False
+    rerender: frozenset[str] = frozenset()  # shot ids to render (and pay for) again
+    reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
+    price_drift: float = 0.05  # warn once per endpoint when fal's price and ours differ by more
     uploads: UploadCache | None = None
     on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
     stop_submitting: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
+    warn: Callable[[str], None] = field(default=lambda line: print(f"warning: {line}", file=sys.stderr))
+    drift_warned: set[str] = field(default_factory=set)
 
     @property
     def clips_dir(self) -> Path:
         return self.output_dir / "clips"
+
+    def delivered(self, shot_id: str) -> Path:
+        return self.clips_dir / f"{shot_id}.mp4"
 
 
 @dataclass
@@ -62,6 +76,9 @@ class JobResult:
     cost_usd: float = 0.0
     reused: bool = False
     request_id: str | None = None
+    kept: bool = False  # the delivered clip was changed on disk and left as it is
+    estimate_usd: float = 0.0
+    cost_source: str = "estimate"  # billed: the provider's units × its unit price
 
 
 class _JobRun:
@@ -108,8 +125,16 @@ class _JobRun:
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
-        if record.get("status") == DONE and await self._restore(record):
-            return self._reuse(self.ctx.journal.get(self.job.identity) or record)
+        rerender = any(shot.id in self.ctx.rerender for shot in self.job.shots)
+        if not rerender and (edited := self._edited_deliveries(record)):
+            return self._keep(edited)
+        if record.get("status") == DONE and not rerender:
+            if await self._restore(record):
+                return self._reuse(self.ctx.journal.get(self.job.identity) or record)
+            return self.fail(
+                "its paid clip is gone (not in the store, not in video/clips, and the result URL has "
+                f"expired); not paying for it again without rerender=[{self.job.key}]"
+            )
         # A slot is a request in flight at the provider: it is given back as soon as the result is
         # in, so the next job is submitted while this one downloads and verifies.
         await slots.acquire()
@@ -118,16 +143,38 @@ class _JobRun:
             if record.get("status") == SUBMITTED and record.get("submission"):
                 return await self._attach(record)
             if record.get("status") == UNKNOWN and not self.ctx.resubmit_unknown:
-                return self.fail(
-                    "a previous submit's answer was lost, so it may have been accepted and billed; "
-                    "not resubmitting (rerun with resubmit_unknown=true to submit again)"
-                )
+                return await self._resolve_lost(record)
             if self.ctx.stop_submitting.is_set():
                 self.record("pending", error="not submitted: run interrupted")
                 return JobResult(self.job.key, "pending", error="interrupted")
             return await self._submit(record)
         finally:
             self._release_slot()
+
+    def _edited_deliveries(self, record: Mapping[str, Any]) -> list[Path]:
+        """Delivered clips whose bytes are neither this job's stored clip nor the one last delivered
+        for the shot: someone edited (or replaced) them, and they are theirs now."""
+        edited = []
+        for shot in self.job.shots:
+            path = self.ctx.delivered(shot.id)
+            if not path.is_file():
+                continue
+            last = self.ctx.board.delivered.get(shot.id) or {}
+            if _unchanged(path, last.get("delivered") or {}):
+                continue
+            known = {(record.get("clip") or {}).get("sha256"), (last.get("clip") or {}).get("sha256")}
+            if sha256_file(path) not in known - {None}:
+                edited.append(path)
+        return edited
+
+    def _keep(self, edited: list[Path]) -> JobResult:
+        for path in edited:
+            shown = relpath(path, self.ctx.project_dir)
+            self.ctx.warn(
+                f"{shown} was changed on disk; keeping it (rerender=[{self.job.key}] renders it again)"
+            )
+        # Its log stays as it was: it describes the render that was delivered, not this plan.
+        return JobResult(self.job.key, "done", reused=True, kept=True)
 
     def _release_slot(self) -> None:
         if self._slot is not None:
@@ -142,10 +189,9 @@ class _JobRun:
         if store.exists() and (_unchanged(store, clip) or sha256_file(store) == want):
             return True
         for shot in self.job.shots:
-            copy = self.ctx.clips_dir / f"{shot.id}.mp4"
-            if copy.exists() and sha256_file(copy) == want:
-                ensure_dir(store.parent)
-                shutil.copyfile(copy, store)
+            delivered = self.ctx.delivered(shot.id)
+            if delivered.exists() and sha256_file(delivered) == want:
+                copy_file(delivered, store)
                 return True
         if not record.get("video_url"):
             return False
@@ -158,8 +204,7 @@ class _JobRun:
         return True
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
-        self._place_clip()
-        self.record("done", **_done_fields(record), reused=True)
+        self.record("done", **_done_fields(record), delivered=self._place_clip(record), reused=True)
         return JobResult(self.job.key, "done", reused=True, request_id=record.get("request_id"))
 
     async def _submit(self, record: Mapping[str, Any]) -> JobResult:
@@ -176,7 +221,15 @@ class _JobRun:
             await ledger.release(job.key, job.identity, "upload failed")
             return self.fail(f"upload failed: {exc}")
         base = {"endpoint": job.endpoint, "provider": job.provider, "attempts": attempts, "payload": payload}
-        self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "submitting_since": now_iso()})
+        # The exact body and the time, durably, before the POST: what finds it again if the answer is lost.
+        sending = {
+            **base,
+            "status": UNKNOWN,
+            "submitting_since": now_iso(),
+            "sent_at": time.time(),
+            "start_timeout": self.provider.start_timeout,
+        }
+        self.ctx.journal.put(job.identity, sending)
         try:
             submission = await self.provider.submit(job.endpoint, payload)
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
@@ -184,8 +237,11 @@ class _JobRun:
             await ledger.release(job.key, job.identity, "submit not accepted")
             return self.fail(str(exc), attempts=attempts)
         except TransientError as exc:  # it may have reached the provider: never resubmit blindly
-            self.ctx.journal.put(job.identity, {**base, "status": UNKNOWN, "error": str(exc)})
-            return self.fail(f"submit outcome unknown: {exc}", attempts=attempts)
+            lost = self.ctx.journal.put(
+                job.identity, {**sending, "answer_lost_at": time.time(), "error": str(exc)}
+            )
+            self.record("unknown", attempts=attempts, error=f"submit outcome unknown: {exc}")
+            return await self._resolve_lost(lost)
         except ProviderError as exc:
             self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
             await ledger.release(job.key, job.identity, "submit refused")
@@ -209,6 +265,85 @@ class _JobRun:
         )
         return await self._wait(submission, journal)
 
+    async def _resolve_lost(self, record: Mapping[str, Any]) -> JobResult:
+        """Look the lost submit up in the provider's history (see reconcile.py) until it is found,
+        proven never accepted, or this run's `reconcile.wait_s` is up."""
+        policy, lost = self.ctx.reconcile, _lost_submit(record)
+        give_up = time.monotonic() + policy.wait_s
+        attempt, verdict, rows = 0, Verdict.NOT_YET, []
+        while True:
+            attempt += 1
+            try:
+                found = await self.provider.history(lost.endpoint, lost.sent_from - policy.skew_s)
+            except (TransientError, RequestFailed) as exc:
+                found, reason = [], f"its request history is unavailable ({exc})"
+            else:
+                reason = "no matching request in its history yet"
+            if found is None:  # a provider without a history: only a person can decide
+                return self.fail(
+                    "a previous submit's answer was lost, so it may have been accepted and billed; "
+                    "not resubmitting (rerun with resubmit_unknown=true to submit again)"
+                )
+            rows = lost.matches(found, policy)
+            verdict = lost.judge(found, policy, time.time())
+            if verdict is not Verdict.NOT_YET or time.monotonic() >= give_up:
+                break
+            wait = min(policy.delay(attempt), give_up - time.monotonic())
+            deadline = lost.deadline(policy)
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.time(), 0.0) + 0.05)
+            await asyncio.sleep(max(wait, 0.0))
+        if verdict is Verdict.FOUND:
+            return await self._adopt(rows[0], record)
+        if verdict is Verdict.NEVER_ACCEPTED:
+            self.ctx.warn(
+                f"{self.job.key}: the lost submit of {_utc(lost.sent_from)} is not in the provider's "
+                f"history after its {lost.start_timeout:g} s start timeout: it was never accepted; "
+                "submitting again"
+            )
+            await self.ctx.ledger.release(self.job.key, self.job.identity, "lost submit never accepted")
+            return await self._submit({**record, "status": FAILED})
+        if verdict is Verdict.AMBIGUOUS:
+            ids = ", ".join(sorted(row.request_id for row in rows))
+            self.ctx.journal.put(
+                self.job.identity, {**record, "candidates": sorted(r.request_id for r in rows)}
+            )
+            return self.fail(
+                f"submit answer lost and {len(rows)} requests in the provider's history match it ({ids}); "
+                "not resubmitting: check them, then rerun with resubmit_unknown=true if none is this shot's"
+            )
+        deadline = lost.deadline(policy)
+        when = (
+            f"it is resubmitted automatically from {_utc(deadline)} if it never appears"
+            if deadline is not None
+            else "without a start timeout nothing proves it was never accepted (resubmit_unknown=true "
+            "submits again and may pay twice)"
+        )
+        return self.fail(f"submit answer lost; {reason}; rerun to look again ({when})")
+
+    async def _adopt(self, row: HistoryRow, record: Mapping[str, Any]) -> JobResult:
+        """The lost submit was accepted as `row.request_id`: journal it and wait for it."""
+        submission = self.provider.attach({"request_id": row.request_id, "endpoint": self.job.endpoint})
+        journal = self.ctx.journal.put(
+            self.job.identity,
+            {
+                **record,
+                "status": SUBMITTED,
+                "submission": submission.to_dict(),
+                "request_id": submission.request_id,
+                "submitted_at": now_iso(),
+                "reconciled": "request history",
+            },
+        )
+        if not self.ctx.ledger.holds(self.job.key):  # reserved by the run that lost the answer
+            await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
+        self.record("queued", request_id=row.request_id, error=None, note="reconciled from the request history")
+        # The history keeps the output for 30 days; the queue result only about an hour.
+        output = row.json_output if isinstance(row.json_output, dict) else {}
+        video = output.get("video") if isinstance(output.get("video"), dict) else {}
+        fallback = Outcome(output=output, video_url=str(video["url"])) if video.get("url") else None
+        return await self._wait(submission, journal, fallback)
+
     async def _attach(self, record: Mapping[str, Any]) -> JobResult:
         submission = self.provider.attach(record["submission"])
         # Accepted (and reserved) by an earlier run: nothing new to reserve; it is settled when done.
@@ -222,11 +357,15 @@ class _JobRun:
         )
         return await self._wait(submission, dict(record))
 
-    async def _wait(self, submission: Submission, record: dict[str, Any]) -> JobResult:
+    async def _wait(
+        self, submission: Submission, record: dict[str, Any], fallback: Outcome | None = None
+    ) -> JobResult:
         job, ledger = self.job, self.ctx.ledger
         try:
             outcome = await self._wait_or_cancel(submission)
         except RequestFailed as exc:
+            if fallback is not None and exc.status_code == 404:  # the queue forgot it; the history did not
+                return await self._finish(submission, record, fallback)
             self.ctx.journal.put(job.identity, {**record, "status": FAILED, "error": str(exc)})
             if exc.may_be_billed:  # it had started: count the estimate rather than assume it was free
                 await ledger.settle(job.key, job.identity, job.estimate_usd, "estimate")
@@ -236,6 +375,10 @@ class _JobRun:
         except (TimeoutError, ProviderError) as exc:
             # Still accepted at the provider: keep `submitted` so the next run re-attaches.
             return self.fail(f"lost contact with request {submission.request_id}: {exc}; rerun to re-attach")
+        return await self._finish(submission, record, outcome)
+
+    async def _finish(self, submission: Submission, record: dict[str, Any], outcome: Outcome) -> JobResult:
+        job, ledger = self.job, self.ctx.ledger
         self._release_slot()
         try:
             clip = await self._download(outcome)
@@ -251,24 +394,51 @@ class _JobRun:
                 "video_url": outcome.video_url,
                 "seed_returned": outcome.seed,
                 "clip": clip,
-                "cost_usd": job.estimate_usd,
-                "cost_source": "billed" if outcome.billed_units is not None else "estimate",
+                **(await self._cost(outcome)),
                 "completed_at": now_iso(),
                 "request_id": submission.request_id,
             },
         )
-        await ledger.settle(job.key, job.identity, job.estimate_usd, done["cost_source"])
-        self._place_clip()
+        await ledger.settle(job.key, job.identity, done["cost_usd"], done["cost_source"])
         self.record(
             "done",
             **_done_fields(done),
+            delivered=self._place_clip(done),
             timings={
                 **self.log.get("timings", {}),
                 **outcome.timings,
                 "elapsed_s": round(time.monotonic() - self.t0, 2),
             },
         )
-        return JobResult(job.key, "done", cost_usd=job.estimate_usd, request_id=submission.request_id)
+        return JobResult(
+            job.key,
+            "done",
+            cost_usd=done["cost_usd"],
+            request_id=submission.request_id,
+            estimate_usd=job.estimate_usd,
+            cost_source=done["cost_source"],
+        )
+
+    async def _cost(self, outcome: Outcome) -> dict[str, Any]:
+        """What the provider billed (its units × its unit price), else our estimate, said so."""
+        job = self.job
+        price = await self.provider.unit_price(job.endpoint) if outcome.billed_units is not None else None
+        billed = billed_cost(outcome.billed_units, price)
+        fields: dict[str, Any] = {
+            "estimate_usd": job.estimate_usd,
+            "billable_units": outcome.billed_units,
+            "unit_price": price.unit_price if price else None,
+            "unit": price.unit if price else None,
+        }
+        if billed is None:
+            return {**fields, "cost_usd": job.estimate_usd, "cost_source": "estimate"}
+        line = drift_warning(
+            job.endpoint, job.estimate_usd, billed, outcome.billed_units, price, self.ctx.price_drift
+        )
+        if line and job.endpoint not in self.ctx.drift_warned:
+            self.ctx.drift_warned.add(job.endpoint)
+            self.ctx.warn(line)
+        return {**fields, "cost_usd": billed, "cost_source": "billed"}
 
     async def _wait_or_cancel(self, submission: Submission) -> Outcome:
         waiter = asyncio.ensure_future(self.provider.wait(submission, self.status_update))
@@ -289,11 +459,12 @@ class _JobRun:
         uris = {}
         for key, path in self.job.files.items():
             sha = self.job.file_hashes[key]
-            url = self.ctx.uploads.get(self.job.provider, sha) if self.ctx.uploads else None
+            scope = self.provider.upload_scope  # the storage host: its URLs mean nothing elsewhere
+            url = self.ctx.uploads.get(scope, sha) if self.ctx.uploads else None
             if url is None:
                 url = await self.provider.upload(path)
                 if self.ctx.uploads and url.startswith(("http://", "https://")):
-                    self.ctx.uploads.put(self.job.provider, sha, url)
+                    self.ctx.uploads.put(scope, sha, url)
             uris[path.as_uri()] = url
         return replace_strings(self.job.payload, uris)
 
@@ -317,19 +488,49 @@ class _JobRun:
             "has_audio": info.has_audio,
         }
 
-    def _place_clip(self) -> None:
-        """Put the stored clip at video/clips/<shot>.mp4, atomically (a hard link where the disk allows)."""
+    def _place_clip(self, record: Mapping[str, Any]) -> dict[str, int]:
+        """Deliver the stored clip to video/clips/<shot>.mp4 as a copy of its own (a reflink where the
+        file system has them), so editing it never touches the paid-for original. Returns the
+        delivered file's size and mtime, which let the next run skip re-hashing it."""
         src = self.ctx.journal.clip_path(self.job.identity)
+        want = (record.get("clip") or {}).get("sha256")
+        stamp: dict[str, int] = {}
         for shot in self.job.shots:
-            dest = self.ctx.clips_dir / f"{shot.id}.mp4"
-            ensure_dir(dest.parent)
-            part = dest.with_name(dest.name + ".part")
-            part.unlink(missing_ok=True)
-            try:
-                os.link(src, part)
-            except OSError:
-                shutil.copyfile(src, part)
-            os.replace(part, dest)
+            dest = self.ctx.delivered(shot.id)
+            last = (self.ctx.board.delivered.get(shot.id) or {}).get("delivered") or {}
+            in_place = dest.is_file() and (_unchanged(dest, last) or sha256_file(dest) == want)
+            if not in_place:
+                part = dest.with_name(dest.name + ".part")
+                copy_file(src, part)
+                os.replace(part, dest)
+            stat = dest.stat()
+            stamp = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return stamp
+
+
+def _lost_submit(record: Mapping[str, Any]) -> LostSubmit:
+    sent = record.get("sent_at")
+    if not isinstance(sent, int | float):  # journalled by an older version: second precision
+        sent = _epoch(record.get("submitting_since")) or time.time()
+    lost = record.get("answer_lost_at")
+    return LostSubmit(
+        endpoint=str(record.get("endpoint")),
+        body=record.get("payload"),
+        sent_from=float(sent),
+        sent_until=float(lost) if isinstance(lost, int | float) else float(sent) + 120.0,
+        start_timeout=record.get("start_timeout"),
+    )
+
+
+def _epoch(iso: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _schema_attr(ctx: RunContext, endpoint: str, name: str) -> str | None:
@@ -339,8 +540,23 @@ def _schema_attr(ctx: RunContext, endpoint: str, name: str) -> str | None:
 
 def _unchanged(path: Path, clip: Mapping[str, Any]) -> bool:
     """Same size and mtime as when it was stored and hashed: skip re-hashing a big clip."""
+    if not clip.get("mtime_ns"):
+        return False
     stat = path.stat()
     return stat.st_size == clip.get("bytes") and stat.st_mtime_ns == clip.get("mtime_ns")
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """An independent copy: a reflink (FICLONE) where the file system shares extents, else bytes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)  # not ensure_dir: the store may have been cleared
+    if hasattr(fcntl, "ioctl"):
+        try:
+            with open(src, "rb") as s, open(dest, "wb") as d:
+                fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+            return
+        except OSError:
+            pass  # not a reflink-capable file system (ext4, tmpfs, across devices): copy the bytes
+    shutil.copyfile(src, dest)
 
 
 def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,6 +566,10 @@ def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
         "seed_returned": record.get("seed_returned"),
         "cost_usd": record.get("cost_usd"),
         "cost_source": record.get("cost_source", "estimate"),
+        "estimate_usd": record.get("estimate_usd"),
+        "billable_units": record.get("billable_units"),
+        "unit_price": record.get("unit_price"),
+        "unit": record.get("unit"),
         "clip": record.get("clip"),
         "payload": record.get("payload"),
         "attempts": record.get("attempts"),
@@ -413,9 +633,11 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
     runs = [_JobRun(job, ctx, provider) for job in jobs]
     pending = [run for run in runs if (ctx.journal.get(run.job.identity) or {}).get("status") != DONE]
     for run in pending:
-        run.record("pending")
+        # New shots show up as pending at once; a shot with a log keeps it until its state changes.
+        if not any(shot.id in ctx.board.delivered or ctx.board.has(shot.id) for shot in run.job.shots):
+            run.record("pending")
     if pending:  # a rejected key stops the run here, before any upload or submit
-        await provider.check_auth()
+        await provider.check_auth([run.job.endpoint for run in pending])
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
     locks: dict[str, asyncio.Lock] = {}
     try:

@@ -15,8 +15,10 @@ bytes (so the file name verifies its content) and `<safe endpoint>/index.json` h
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
+import mimetypes
 import os
 import re
 import threading
@@ -32,6 +34,8 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from aivp_batch.errors import SchemaUnavailable
 from aivp_batch.files import atomic_write_bytes, atomic_write_json
+from aivp_batch.media import sniff_content_type
+from aivp_batch.models import DEFAULT_MIN_IMAGE_PX
 from aivp_batch.snapshot import Snapshot
 
 BUNDLED = Snapshot()
@@ -49,6 +53,7 @@ _GEOMETRY_KEYS = {
     "max_aspect_ratio",
 }
 _MISSING = object()
+MAX_MESSAGE_CHARS = 300  # a validation message quotes values shortened, and never runs longer
 
 
 @dataclass(frozen=True)
@@ -328,19 +333,24 @@ class EndpointSchema:
 
     # -- local files
 
-    def check_local_file(self, field: str, path: Path) -> list[SchemaIssue]:
-        """Check a local file against the field's `x-fal` limits before it is uploaded."""
+    def check_local_file(
+        self, field: str, path: Path, *, min_image_px: int = DEFAULT_MIN_IMAGE_PX
+    ) -> list[SchemaIssue]:
+        """Check a local file before it is uploaded: a readable file within the field's `x-fal`
+        limits; for an image field, on every endpoint, also an image that decodes in full, whose
+        bytes match its extension and whose sides reach the `x-fal` minimum (else `min_image_px`)."""
         path = Path(path)
         where = f"{self.endpoint_id} {field}"
-        if not path.is_file():
-            return [SchemaIssue(field, f"{path.name}: file not found (for {where})")]
+        problem = _not_readable(path)
+        if problem is not None:
+            return [SchemaIssue(field, f"{problem} (for {where})")]
         limits = self.file_limits(field)
         issues = _size_issues(path, limits, where, field)
         kind = _media_kind(field, limits)
         if kind == "video" and limits.keys() & (_VIDEO_KEYS | _GEOMETRY_KEYS):
             issues += _video_issues(path, limits, where, field)
-        elif kind == "image" and limits.keys() & _GEOMETRY_KEYS:
-            issues += _image_issues(path, limits, where, field)
+        elif kind == "image":
+            issues += _image_issues(path, limits, where, field, min_image_px)
         return issues
 
 
@@ -370,15 +380,16 @@ def _issue(error: ValidationError) -> SchemaIssue:
     path = _format_path(error.absolute_path)
     if error.validator == "required":
         missing = _missing_property(error)
-        return SchemaIssue(_join(path, missing), f"{missing!r} is required")
+        return SchemaIssue(_join(path, missing), _clip(f"{missing!r} is required", None))
     allowed = _allowed_of(error)
     if error.validator in ("enum", "const") and allowed is not None:
         listed = ", ".join(repr(v) for v in allowed)
-        return SchemaIssue(path, f"{error.instance!r} is not one of {listed}", allowed)
+        return SchemaIssue(path, _clip(f"{_short(error.instance)} is not one of {listed}", None), allowed)
     if error.context:
         alternatives = "; ".join(dict.fromkeys(e.message for e in error.context if not _is_null_branch(e)))
-        return SchemaIssue(path, f"{_short(error.instance)} is not valid: {alternatives}", allowed)
-    return SchemaIssue(path, error.message, allowed)
+        message = f"{_short(error.instance)} is not valid: {alternatives}"
+        return SchemaIssue(path, _clip(message, error.instance), allowed)
+    return SchemaIssue(path, _clip(error.message, error.instance), allowed)
 
 
 def _missing_property(error: ValidationError) -> str:
@@ -399,6 +410,17 @@ def _allowed_of(error: ValidationError) -> list | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _clip(message: str, instance: Any) -> str:
+    """A message that fits on a line: the offending value (jsonschema embeds its repr, a 10 MB
+    prompt included) shortened, and the whole capped at MAX_MESSAGE_CHARS."""
+    whole = repr(instance)
+    if len(whole) > 80:
+        message = message.replace(whole, _short(instance))
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+    return message
 
 
 # ---------------------------------------------------------------- local file checks
@@ -426,15 +448,64 @@ def _size_issues(path: Path, limits: dict, where: str, field: str) -> list[Schem
     return []
 
 
-def _image_issues(path: Path, limits: dict, where: str, field: str) -> list[SchemaIssue]:
-    from PIL import Image, UnidentifiedImageError
-
+def _not_readable(path: Path) -> str | None:
+    """Why `path` is no file that can be read (missing, a directory, no permission), or None."""
     try:
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        if path.is_dir():
+            return f"{path.name}: a directory, not a file"
+        if not path.is_file():
+            return f"{path.name}: file not found" if not path.exists() else f"{path.name}: not a regular file"
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror or _one_line(exc)})"
+    return None
+
+
+def _image_issues(path: Path, limits: dict, where: str, field: str, min_px: int) -> list[SchemaIssue]:
+    try:
+        stat = path.stat()
+        width, height = _decoded_size(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files; all mean "unreadable"
         return [_unreadable(path, "an image", exc, where, field)]
-    return _geometry_issues(path.name, width, height, limits, where, field)
+    issues = [SchemaIssue(field, m) for m in (_extension_mismatch(path),) if m]
+    issues += _geometry_issues(path.name, width, height, limits, where, field)
+    # Where the endpoint publishes no minimum side, the model's floor (a few pixels are no keyframe).
+    if (width < min_px and "min_width" not in limits) or (height < min_px and "min_height" not in limits):
+        message = f"{path.name} is {width}x{height}; images for {where} must be at least {min_px}x{min_px}"
+        issues.append(SchemaIssue(field, message + " (the model's min_image_px)"))
+    return issues
+
+
+@functools.lru_cache(maxsize=256)
+def _decoded_size(path: str, version: tuple[int, int, int]) -> tuple[int, int]:
+    """(width, height) of an image decoded in full (a truncated file fails here, not at fal);
+    memoised by path and `version` (inode, size, mtime), since one portrait serves many shots."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+_SAME_TYPE = {"image/jpg": "image/jpeg", "image/heic": "image/heif", "image/x-ms-bmp": "image/bmp"}
+
+
+def _extension_mismatch(path: Path) -> str | None:
+    """A line when the file's bytes say one format and its extension another (fal and the model
+    go by the name or the declared type, and may refuse or misread it)."""
+    named = mimetypes.guess_type(path.name)[0]
+    sniffed = sniff_content_type(path)
+    if named is None or sniffed is None or _SAME_TYPE.get(named, named) == _SAME_TYPE.get(sniffed, sniffed):
+        return None
+    return (
+        f"{path.name}: its bytes are {_format_name(sniffed)} but its extension says "
+        f"{_format_name(named)}; rename or convert it"
+    )
+
+
+def _format_name(content_type: str) -> str:
+    return content_type.split("/")[-1].removeprefix("x-").upper()
 
 
 def _video_issues(path: Path, limits: dict, where: str, field: str) -> list[SchemaIssue]:

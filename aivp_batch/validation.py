@@ -1,6 +1,7 @@
 """Validation before spending: every payload of the run against its endpoint's published schema,
-undeclared keys (which fal would silently ignore) and local input files against the schema's
-`x-fal` limits — all before the first upload or submission."""
+undeclared keys (which fal would silently ignore) and local input files — every image decoded in
+full, its bytes matching its extension, its sides at least the schema's `x-fal` minimum or the
+model's `min_image_px` — all before the first upload or submission."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, Endpoint
                 f"{where} field {key}: not declared by the endpoint's schema (fal would ignore it)"
             )
         for field, path in job.files.items():
-            for issue in schema.check_local_file(field, path):
+            for issue in schema.check_local_file(field, path, min_image_px=job.min_image_px):
                 problems.append(f"{where} field {issue.path}: {issue.message}")
     if problems:
         raise PayloadInvalid("\n".join(problems))

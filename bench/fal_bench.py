@@ -191,6 +191,7 @@ def run_cli(
         f"provider.rest_url={url}",
         f"provider.cdn_url={url}",
         f"provider.schema_url={url}",
+        f"provider.api_url={url}",
         "budget_usd=1000",
         f"schema_cache_dir={cache}",
         f"hydra.run.dir={run_dir}",

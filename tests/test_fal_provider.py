@@ -34,7 +34,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def make(fal: FakeFal, key: str | None = "test-key", **kw: Any) -> FalProvider:
     kw.setdefault("retry", FAST)
     kw.setdefault("poll_interval", 0.02)
-    return FalProvider(key, queue_url=fal.url, rest_url=fal.url, cdn_url=fal.url, **kw)
+    return FalProvider(key, queue_url=fal.url, rest_url=fal.url, cdn_url=fal.url, api_url=fal.url, **kw)
 
 
 def faulty(*faults: Fault, latency_s: float = 0.1, **kw: Any) -> FakeFal:
@@ -375,11 +375,11 @@ def test_rejected_key_is_an_auth_error_without_the_key(caplog: pytest.LogCapture
             return at_check.value, at_submit.value, repr(p)
 
     caplog.set_level(logging.DEBUG)
-    with faulty(Fault("429", on="token", retry_after=0.01)) as fal:
+    with faulty(Fault("429", on="pricing", retry_after=0.01)) as fal:
         check, submit, text = run(main(fal))
         assert not fal.jobs
     assert str(check) == (
-        "fal rejected the API key (HTTP 403); set FAL_KEY in the environment or in ./.env, "
+        "fal rejected the API key (HTTP 401); set FAL_KEY in the environment or in ./.env, "
         "~/.env or ~/.aivp/.env"
     )
     assert "HTTP 403" in str(submit)
@@ -426,3 +426,44 @@ def test_upload_once_per_content_under_concurrency(tmp_path: Path) -> None:
         len(set(urls)) == 2 and urls[0] == urls[1] and urls[0].endswith(".png") and urls[2].endswith(".jpg")
     )
     assert body == same_a.read_bytes()
+
+
+# ---------------------------------------------------------------- Platform API: prices and history
+
+
+def test_check_auth_loads_unit_prices_and_results_carry_billable_units() -> None:
+    with FakeFal(latency_s=0.1, prices={T2V: (0.112, "seconds")}) as fal:
+
+        async def go() -> tuple:
+            async with make(fal) as provider:
+                await provider.check_auth([T2V, "fal-ai/unpriced"])
+                _, outcome = await generate(provider, {"prompt": "a fox", "duration": "3"})
+                return await provider.unit_price(T2V), await provider.unit_price("fal-ai/unpriced"), outcome
+
+        price, missing, outcome = run(go())
+        assert (price.unit_price, price.unit, price.currency) == (0.112, "seconds", "USD")
+        assert missing is None and outcome.billed_units == 3.0
+        assert fal.stats.calls["pricing"] == 1 and fal.stats.calls["token"] == 0
+
+
+def test_check_auth_with_a_bad_key_is_one_line() -> None:
+    with FakeFal(latency_s=0.1) as fal:
+        with pytest.raises(AuthError, match="FAL_KEY") as err:
+            run(make(fal, key="nope-SECRET").check_auth([T2V]))
+        assert "nope-SECRET" not in str(err.value)
+
+
+def test_history_pages_through_every_row_with_its_payload() -> None:
+    with FakeFal(latency_s=0.05) as fal:
+        bodies = [{"prompt": f"take {i}", "duration": "2"} for i in range(130)]
+        for body in bodies:
+            fal.inject_history(T2V, body)
+
+        async def go() -> list:
+            async with make(fal) as provider:
+                return await provider.history(T2V, time.time() - 60)
+
+        rows = run(go())
+        assert sorted(r.json_input["prompt"] for r in rows) == sorted(b["prompt"] for b in bodies)
+        assert len({r.request_id for r in rows}) == 130 and fal.stats.calls["history"] == 2
+        assert all(r.endpoint == T2V and abs(r.sent_at - time.time()) < 60 for r in rows)

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import hashlib
+import wave
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from aivp_batch.errors import MediaError
-from aivp_batch.media import MediaInfo, probe, sha256_file, verify_clip
+from aivp_batch.media import MediaInfo, probe, sha256_file, sniff_bytes, sniff_content_type, verify_clip
 from aivp_batch.providers.preview import render_preview
 
 
@@ -92,3 +94,74 @@ def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
     path = tmp_path / "blob.bin"
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- content sniffing
+
+
+@pytest.mark.parametrize(
+    "fmt, content_type",
+    [
+        ("PNG", "image/png"),
+        ("JPEG", "image/jpeg"),
+        ("WEBP", "image/webp"),
+        ("GIF", "image/gif"),
+        ("BMP", "image/bmp"),
+        ("TIFF", "image/tiff"),
+        ("AVIF", "image/avif"),
+    ],
+)
+def test_sniff_images_by_their_bytes_not_their_name(tmp_path: Path, fmt: str, content_type: str) -> None:
+    path = tmp_path / "misnamed.txt"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(path, format=fmt)
+    assert sniff_content_type(path) == content_type
+
+
+def _encode(path: Path, fmt: str, codec: str, audio: bool) -> Path:
+    with av.open(str(path), "w", format=fmt) as out:
+        if audio:
+            stream = out.add_stream(codec, rate=44100, layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1152), np.float32 if codec != "flac" else np.int16),
+                format="fltp" if codec != "flac" else "s16",
+                layout="mono",
+            )
+            frame.sample_rate, frame.pts = 44100, 0
+        else:
+            stream = out.add_stream(codec, rate=12)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fmt, codec, audio, content_type",
+    [
+        ("mp4", "mpeg4", False, "video/mp4"),
+        ("mov", "mpeg4", False, "video/quicktime"),
+        ("webm", "libvpx", False, "video/webm"),
+        ("matroska", "mpeg4", False, "video/x-matroska"),
+        ("mp3", "mp3", True, "audio/mpeg"),
+        ("ipod", "aac", True, "audio/mp4"),
+        ("flac", "flac", True, "audio/flac"),
+    ],
+)
+def test_sniff_video_and_audio(tmp_path: Path, fmt: str, codec: str, audio: bool, content_type: str) -> None:
+    assert sniff_content_type(_encode(tmp_path / "media.bin", fmt, codec, audio)) == content_type
+
+
+def test_sniff_wav_the_clip_and_unknown_bytes(clip: Path, tmp_path: Path) -> None:
+    with wave.open(str(tmp_path / "a.wav"), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(bytes(1600))
+    assert sniff_content_type(tmp_path / "a.wav") == "audio/wav"
+    assert sniff_content_type(clip) == "video/mp4"
+    assert sniff_bytes(b"this is not a png\n") is None
+    assert sniff_bytes(b"root:x:0:0:root:/root:/bin/bash") is None
+    assert sniff_bytes(b"") is None
+    assert sniff_bytes(b"BM and some text, not a bitmap") is None  # a BMP's reserved bytes are 0
+    assert sniff_bytes(b"\xff\xf1\x50\x80") == "audio/aac"  # ADTS

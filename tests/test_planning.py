@@ -9,9 +9,9 @@ import pytest
 from conftest import REPO, fal_document, has_fal_document, write_png
 from omegaconf import OmegaConf
 
-from aivp_batch.errors import PayloadInvalid, SchemaUnavailable
+from aivp_batch.errors import ConfigError, PayloadInvalid, SchemaUnavailable
 from aivp_batch.media import frame_size
-from aivp_batch.models import build_model_spec
+from aivp_batch.models import FieldSpec, build_model_spec
 from aivp_batch.planning import job_identity, plan_jobs
 from aivp_batch.pricing import estimate_usd
 from aivp_batch.schemas import SchemaStore
@@ -231,3 +231,111 @@ def test_pricing_rules() -> None:
     kling = {"unit": "second", "rates": [{"when": {"audio": True}, "usd": 0.14}, {"usd": 0.07}]}
     assert estimate_usd(kling, duration_s=10, settings={"audio": False}) == pytest.approx(0.7)
     assert estimate_usd({"unit": "free"}, duration_s=10, settings={}) == 0.0
+
+
+# ---------------------------------------------------------------- priced from the final payload
+
+
+def _t2v_shot(duration_s: float | None = 5, prompt: str = "A slow pan over a harbour.") -> Shot:
+    return Shot(
+        id="shot-03", number=3, prompts={"motion": prompt}, duration_s=duration_s, aspect_ratio="16:9"
+    )
+
+
+def test_payload_extra_duration_and_resolution_are_priced(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")  # the default model: 720p, audio
+    [planned] = plan_jobs([_t2v_shot()], spec, provider="fal", seed=1).jobs
+    assert (planned.duration_s, planned.estimate_usd) == (5, pytest.approx(0.2592))
+    extra = {"duration": "12", "resolution": "1080p"}
+    [job] = plan_jobs([_t2v_shot()], spec, provider="fal", seed=1, payload_extra=extra).jobs
+    assert job.payload["duration"] == "12" and job.payload["resolution"] == "1080p"
+    # 1920×1080 × 24 fps × 12 s / 1024 tokens at $2.4 per million (audio on)
+    assert job.duration_s == 12 and job.estimate_usd == pytest.approx(1.3997)
+    assert job.settings["resolution"] == "1080p"
+    assert job.duration_note == "payload_extra sets duration='12': 12s, not 5s"
+
+
+def test_veo_duration_with_its_unit_is_read_back(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "veo31", "standard")  # /fast, 1080p, audio: $0.15/s
+    [planned] = plan_jobs([_t2v_shot(4)], spec, provider="fal", seed=1).jobs
+    assert (planned.payload["duration"], planned.estimate_usd) == ("4s", pytest.approx(0.6))
+    [job] = plan_jobs([_t2v_shot(4)], spec, provider="fal", seed=1, payload_extra={"duration": "8s"}).jobs
+    assert job.duration_s == 8 and job.estimate_usd == pytest.approx(1.2)
+
+
+def test_payload_extra_audio_is_priced(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")
+    extra = {"generate_audio": False}
+    [job] = plan_jobs([_t2v_shot()], spec, provider="fal", seed=1, payload_extra=extra).jobs
+    assert job.duration_s == 5 and job.estimate_usd == pytest.approx(0.1296)  # the no-audio rate
+    assert job.duration_note is None
+
+
+def test_a_payload_duration_that_is_no_number_is_a_planning_error(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")
+    plan = plan_jobs([_t2v_shot()], spec, provider="fal", seed=1, payload_extra={"duration": "long"})
+    assert plan.jobs == []
+    assert plan.errors == [
+        "shot-03: duration='long' in the payload does not read as a duration for "
+        "fal-ai/bytedance/seedance/v1.5/pro/text-to-video"
+    ]
+
+
+def test_field_spec_parse_inverts_convert() -> None:
+    for spec, value in [
+        (FieldSpec("duration", format="{}"), 12),
+        (FieldSpec("duration", format="{}s"), 8),
+        (FieldSpec("duration", type="int"), 10),
+        (FieldSpec("resolution"), "1080p"),
+        (FieldSpec("generate_audio"), True),
+    ]:
+        assert spec.parse(spec.convert(value)) == value
+    assert FieldSpec("duration", format="{}s").parse("7.5s") == 7.5
+    with pytest.raises(ValueError):
+        FieldSpec("duration", format="{}s").parse("8")
+
+
+# ---------------------------------------------------------------- prompt size cap
+
+
+def test_a_prompt_over_max_prompt_chars_is_a_planning_error(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")
+    huge = _t2v_shot(prompt="a" * 3_300_000)
+    plan = plan_jobs([huge, _t2v_shot()], spec, provider="fal", seed=1)
+    assert plan.errors == ["shot-03: prompt is 3,300,000 characters; the limit is max_prompt_chars=20000"]
+    assert len(plan.jobs) == 1
+    capped = plan_jobs([_t2v_shot(prompt="x" * 11)], spec, provider="fal", seed=1, max_prompt_chars=10)
+    assert capped.errors == ["shot-03: prompt is 11 characters; the limit is max_prompt_chars=10"]
+    assert not plan_jobs(
+        [_t2v_shot(prompt="x" * 10)], spec, provider="fal", seed=1, max_prompt_chars=10
+    ).errors
+
+
+def test_max_prompt_chars_is_in_the_config(compose_cfg) -> None:
+    assert compose_cfg().max_prompt_chars == 20000
+
+
+# ---------------------------------------------------------------- unreadable inputs
+
+
+def test_an_unreadable_input_file_is_a_planning_error(compose_cfg, tmp_path, monkeypatch) -> None:
+    frame = write_png(tmp_path / "ff.png", (640, 360))
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("aivp_batch.planning.sha256_file", denied)
+    shot = Shot(id="shot-01", number=1, prompts={"motion": "x"}, duration_s=5, start_frame=frame)
+    plan = plan_jobs([shot], spec_for(compose_cfg, "seedance_v15", "standard"), provider="fal", seed=1)
+    assert plan.errors == [f"shot-01: {frame} cannot be read (Permission denied)"]
+
+
+def test_min_image_px_must_be_a_positive_whole_number(compose_cfg) -> None:
+    cfg = OmegaConf.to_container(compose_cfg("model=seedance_v15"), resolve=True)
+    model = {**cfg["model"], "min_image_px": "big"}
+    with pytest.raises(ConfigError, match="min_image_px must be a whole number"):
+        build_model_spec(model, cfg["provider"], "standard")
+    assert (
+        build_model_spec({**cfg["model"], "min_image_px": 128}, cfg["provider"], "standard").min_image_px
+        == 128
+    )

@@ -43,6 +43,7 @@ def fal_overrides(fal: FakeFal, film: Path, tmp_path: Path, *extra: str) -> list
         f"provider.rest_url={fal.url}",
         f"provider.cdn_url={fal.url}",
         f"provider.schema_url={fal.url}",
+        f"provider.api_url={fal.url}",
         "provider.poll_interval=0.05",
         "provider.retry.base_s=0.01",
         "provider.retry.max_s=0.2",
@@ -128,18 +129,75 @@ def test_transient_faults_are_survived_without_paying_twice(
     assert fal.stats.faults_fired, "the fault never fired"
 
 
-def test_lost_submit_response_is_never_resubmitted(fal, film, tmp_path, monkeypatch) -> None:
-    fal.faults.add(Fault("reset_after", on="submit", times=1, after=2))
-    code, _ = run_in_process(
-        fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1"), tmp_path / "run", monkeypatch
-    )
-    assert code == 1
-    got = logs(film)
-    assert got["shot-03"]["status"] == "failed" and "outcome unknown" in got["shot-03"]["error"]
-    assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
-    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
-    assert code == 1 and fal.stats.calls["submit"] == 4  # still not resubmitted
-    assert "resubmit_unknown=true" in logs(film)["shot-03"]["error"]
+def journal(film: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((film / ".aivp/jobs").glob("*.json"))]
+
+
+def test_lost_submit_answer_is_reconciled_from_the_history(film, tmp_path, monkeypatch) -> None:
+    # fal creates (and bills) shot-03's request, then the connection drops before the answer.
+    with FakeFal(key=KEY, latency_s=0.3, history_lag_s=0.5) as fal:
+        fal.faults.add(Fault("reset_after", on="submit", times=1, after=2))
+        overrides = fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1")
+        code, summary = run_in_process(overrides, tmp_path / "run", monkeypatch)
+        assert code == 0, summary
+        got = logs(film)
+        assert got["shot-03"]["status"] == "done" and got["shot-03"]["request_id"] in fal.jobs
+        assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
+        assert fal.stats.billed_requests == 4 and fal.stats.calls["history"] >= 1
+        [adopted] = [r for r in journal(film) if r.get("reconciled")]
+        assert adopted["request_id"] == got["shot-03"]["request_id"]
+
+
+def test_reset_before_the_app_with_a_start_timeout_is_resubmitted_after_it(
+    film, tmp_path, monkeypatch
+) -> None:
+    # The POST never reached fal's app: no request exists. Once its start timeout (plus the
+    # margin for the history's delay) has passed with no trace, resubmitting is provably safe.
+    with FakeFal(key=KEY, latency_s=0.3) as fal:
+        fal.faults.add(Fault("reset_before", on="submit", times=1, after=2))
+        extra = ["provider.max_in_flight=1", "provider.start_timeout=1", "provider.reconcile.margin_s=0.5"]
+        t0 = time.monotonic()
+        code, summary = run_in_process(
+            fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch
+        )
+        assert code == 0, summary
+        assert time.monotonic() - t0 >= 1.5  # waited out the start timeout before resubmitting
+        assert fal.stats.calls["submit"] == 5 and len(fal.jobs) == 4 and fal.stats.billed_requests == 4
+        sent = [{k.lower(): v for k, v in job.headers.items()} for job in fal.jobs.values()]
+        assert all(headers.get("x-fal-request-timeout") == "1" for headers in sent)
+
+
+def test_lost_submit_without_a_start_timeout_stays_unknown(film, tmp_path, monkeypatch) -> None:
+    with FakeFal(key=KEY, latency_s=0.3) as fal:
+        fal.faults.add(Fault("reset_before", on="submit", times=1, after=2))
+        extra = ["provider.max_in_flight=1", "provider.start_timeout=null", "provider.reconcile.wait_s=0.5"]
+        code, _ = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch)
+        assert code == 1
+        error = logs(film)["shot-03"]["error"]
+        assert "submit answer lost" in error and "resubmit_unknown=true" in error
+        assert fal.stats.calls["submit"] == 4 and len(fal.jobs) == 3
+        # The next run looks again and still does not pay blindly.
+        code, _ = run_in_process(fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run2", monkeypatch)
+        assert code == 1 and fal.stats.calls["submit"] == 4
+        assert [r["status"] for r in journal(film)].count("unknown") == 1
+
+
+def test_two_identical_history_rows_stay_unknown(film, tmp_path, monkeypatch) -> None:
+    with FakeFal(key=KEY, latency_s=0.3) as fal:
+        extra = ["shots=[3]", "seed=7", "provider.reconcile.wait_s=2"]
+        overrides = fal_overrides(fal, film, tmp_path, *extra)
+        _, plan = run_in_process([*overrides, "dry_run=true"], tmp_path / "plan", monkeypatch)
+        [job] = plan["plan"]["jobs"]
+        # Twins of the very same body, sent in the same window (other clients with this key).
+        twins = [fal.inject_history(job["endpoint"], job["payload"]) for _ in range(2)]
+        fal.faults.add(Fault("reset_after", on="submit", times=1))
+        code, _ = run_in_process(overrides, tmp_path / "run", monkeypatch)
+        assert code == 1
+        error = logs(film)["shot-03"]["error"]
+        assert "requests in the provider's history match it" in error and all(t.id in error for t in twins)
+        assert fal.stats.calls["submit"] == 1
+        code, _ = run_in_process(overrides, tmp_path / "run2", monkeypatch)
+        assert code == 1 and fal.stats.calls["submit"] == 1  # never resubmitted
 
 
 def test_completed_then_422_is_final_then_resubmitted_on_rerun(fal, film, tmp_path, monkeypatch) -> None:
@@ -330,3 +388,127 @@ def test_ctrl_c_once_lets_in_flight_jobs_finish(film, tmp_path) -> None:
     got = logs(film)
     assert sorted(log["status"] for log in got.values()) == ["done", "done", "pending", "pending"]
     assert "no new submissions" in err
+
+
+# ---------------------------------------------------------------- never paying twice
+
+
+def test_two_concurrent_runs_submit_once(film, tmp_path) -> None:
+    with FakeFal(key=KEY, latency_s=1.0) as fal:
+        overrides = fal_overrides(fal, film, tmp_path)
+        first = _cli(overrides, tmp_path, "run1")
+        second = _cli(overrides, tmp_path, "run2")
+        outs = [proc.communicate(timeout=120) for proc in (first, second)]
+        assert [first.returncode, second.returncode] == [0, 0], outs
+        assert fal.stats.calls["submit"] == 4 and fal.stats.duplicate_submits == 0
+        assert any("another run holds" in err and "pid" in err for _, err in outs)
+        assert (tmp_path / "run1/summary.json").exists() and (tmp_path / "run2/summary.json").exists()
+
+
+def test_lock_wait_zero_exits_2_while_another_run_holds_the_store(film, tmp_path) -> None:
+    with FakeFal(key=KEY, latency_s=2.0) as fal:
+        first = _start_and_wait_for_two_submits(fal, film, tmp_path)
+        second = _cli(fal_overrides(fal, film, tmp_path, "lock_wait_s=0"), tmp_path, "run2")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2
+        [line] = [line for line in err.splitlines() if "error" in line]
+        assert f"another run holds {film / '.aivp'} since " in line and f"pid {first.pid}" in line
+        assert "Traceback" not in err
+        first.communicate(timeout=120)
+        assert first.returncode == 0 and fal.stats.calls["submit"] == 4
+
+
+def test_prompt_manifest_twice_submits_once(fal, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AIVP_HOME", str(tmp_path / "home-aivp"))
+    readme = ["manifest=prompt", "manifest.prompt=A slow pan over a harbour"]
+    for n in (1, 2):  # without output_dir: the store is $AIVP_HOME, never the run dir
+        overrides = [o for o in fal_overrides(fal, tmp_path, tmp_path) if not o.startswith("project_dir")]
+        code, summary = run_in_process([*overrides, *readme], tmp_path / f"run{n}", monkeypatch)
+        assert code == 0, summary
+    assert fal.stats.calls["submit"] == 1
+    assert list((tmp_path / "home-aivp/jobs").glob("*.json"))
+    for n in (3, 4):  # the README's form, with output_dir=out: the store is out/.aivp
+        overrides = [o for o in fal_overrides(fal, tmp_path, tmp_path) if not o.startswith("project_dir")]
+        out = f"output_dir={tmp_path / 'out'}"
+        code, _ = run_in_process([*overrides, *readme, out, "seed=5"], tmp_path / f"run{n}", monkeypatch)
+        assert code == 0
+    assert fal.stats.calls["submit"] == 2 and list((tmp_path / "out/.aivp/jobs").glob("*.json"))
+
+
+def test_delivered_clips_are_independent_copies(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0
+    delivered = film / "video/clips/shot-03.mp4"
+    [stored] = [p for p in (film / ".aivp/clips").glob("*.mp4") if p.read_bytes() == delivered.read_bytes()]
+    assert os.stat(stored).st_ino != os.stat(delivered).st_ino
+    with delivered.open("ab") as f:
+        f.write(b"an editor's change")
+    assert not stored.read_bytes().endswith(b"an editor's change")
+
+
+def test_edited_clip_with_an_expired_url_is_kept_and_nothing_bought(
+    film, tmp_path, monkeypatch, capsys
+) -> None:
+    with FakeFal(key=KEY, latency_s=0.2) as fal:
+        code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+        assert code == 0
+    delivered = film / "video/clips/shot-03.mp4"
+    edited = delivered.read_bytes() + b"trimmed in an editor"
+    delivered.write_bytes(edited)
+    shutil.rmtree(film / ".aivp/clips")  # the store lost its copies too…
+    (film / "video/clips/shot-01.mp4").unlink()  # …and shot-01 is gone everywhere
+    with FakeFal(key=KEY, latency_s=0.2) as later:  # the first server's result URLs are gone with it
+        code, _ = run_in_process(fal_overrides(later, film, tmp_path), tmp_path / "run2", monkeypatch)
+        err = capsys.readouterr().err
+        assert "video/clips/shot-03.mp4 was changed on disk; keeping it" in err
+        assert later.stats.calls["submit"] == 0 and delivered.read_bytes() == edited
+        assert code == 1  # shot-01 is in neither place and its URL died with the server: not re-bought
+        assert "rerender=[shot-01]" in logs(film)["shot-01"]["error"]
+        assert logs(film)["shot-02"]["status"] == "done"  # restored into the store from its delivered copy
+        # Asked for explicitly, a shot is rendered (and paid for) again and its edit replaced.
+        code, _ = run_in_process(
+            fal_overrides(later, film, tmp_path, "rerender=[1,shot-03]"), tmp_path / "run3", monkeypatch
+        )
+        assert later.stats.calls["submit"] == 2 and delivered.read_bytes() != edited
+
+
+def test_billed_cost_is_units_times_fal_unit_price(film, tmp_path, monkeypatch, capsys) -> None:
+    t2v = "fal-ai/bytedance/seedance/v1.5/pro/text-to-video"
+    i2v = "fal-ai/bytedance/seedance/v1.5/pro/image-to-video"
+    prices = {t2v: (0.052, "seconds"), i2v: (0.2, "seconds")}  # i2v: far from the config's rate
+    with FakeFal(key=KEY, latency_s=0.2, prices=prices) as fal:
+        code, summary = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+        assert code == 0, summary
+    got = logs(film)
+    for log in got.values():
+        price, unit = prices[log["endpoint"]]
+        assert log["cost_source"] == "billed" and log["unit"] == unit and log["unit_price"] == price
+        assert log["cost_usd"] == pytest.approx(log["billable_units"] * price)
+        assert log["billable_units"] == float(log["duration"]) and log["estimate_usd"] > 0
+    settled = {e["shot"]: e for e in map(json.loads, (film / "video/costs.jsonl").read_text().splitlines())}
+    assert all(settled[s]["cost_usd"] == pytest.approx(got[s]["cost_usd"]) for s in got)
+    assert summary["billed_usd"] == pytest.approx(sum(log["cost_usd"] for log in got.values()), abs=1e-4)
+    assert summary["estimated_usd"] == pytest.approx(
+        sum(log["estimate_usd"] for log in got.values()), abs=1e-4
+    )
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "fal billed" in line]
+    assert len(warnings) == 1 and i2v in warnings[0] and "model config estimates" in warnings[0]
+    plan = (film / "video/plan.md").read_text()
+    assert f"${summary['billed_usd']:.2f} billed" in plan and "~$" not in plan
+
+
+def test_bad_key_is_refused_by_the_pricing_call(fal, film, tmp_path, monkeypatch) -> None:
+    with pytest.raises(AuthError):
+        run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch, key="wrong")
+    assert fal.stats.calls["pricing"] == 1 and fal.stats.calls["token"] == 0
+    assert fal.stats.calls["upload"] == 0 and fal.stats.calls["submit"] == 0
+
+
+def test_upload_cache_is_per_storage_host(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0
+    with FakeFal(key=KEY, latency_s=0.2) as staging:  # another storage host (cdn_url changed)
+        overrides = fal_overrides(staging, film, tmp_path, "rerender=[1]")
+        code, _ = run_in_process(overrides, tmp_path / "run2", monkeypatch)
+        assert code == 0 and staging.stats.calls["upload"] == 1
+        assert logs(film)["shot-01"]["payload"]["image_url"].startswith(staging.url)

@@ -536,3 +536,49 @@ def test_video_limits_use_duration_fps_and_size(store: SchemaStore, tmp_path: Pa
     assert messages[0] == f"tiny.mp4 is 64x64; {KLING_O3_EDIT} video_url needs at least 720x720"
     assert messages[1].startswith("tiny.mp4 is 1 s long") and messages[1].endswith("needs at least 3 s")
     assert messages[2] == f"tiny.mp4 runs at 10 fps; {KLING_O3_EDIT} video_url needs at least 24 fps"
+
+
+# ---------------------------------------------------------------- long values, every image decoded
+
+HAILUO_T2V = "fal-ai/minimax/hailuo-02/standard/text-to-video"  # prompt maxLength 2000
+
+
+def test_a_huge_prompt_is_not_echoed_whole() -> None:
+    schema = EndpointSchema(HAILUO_T2V, _document(HAILUO_T2V))
+    [issue] = schema.validate({"prompt": "a" * 10_000_000})
+    assert issue.path == "prompt" and len(issue.message) <= 300
+    assert issue.message.startswith("'aaaa") and issue.message.endswith("... is too long")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"prompt": "a cat", "duration": "9" * 100_000},  # enum
+        {"prompt": ["a" * 100_000]},  # type
+        {"prompt": "a cat", "seed": "x" * 100_000},  # anyOf [integer, null]
+    ],
+)
+def test_every_validation_message_is_short(payload: dict) -> None:
+    issues = EndpointSchema(VEO, _document(VEO)).validate(payload)
+    assert issues and all(len(i.message) <= 300 for i in issues), [len(i.message) for i in issues]
+
+
+def test_an_image_is_decoded_on_an_endpoint_without_x_fal_limits(tmp_path: Path) -> None:
+    schema = EndpointSchema("fal-ai/veo3.1/image-to-video", _document("fal-ai/veo3.1/image-to-video"))
+    assert schema.file_limits("image_url") == {}
+    assert schema.check_local_file("image_url", _png(tmp_path / "ok.png", 640, 360)) == []
+    [tiny] = schema.check_local_file("image_url", _png(tmp_path / "tiny.png", 5, 5))
+    assert tiny.message.startswith("tiny.png is 5x5; images for fal-ai/veo3.1/image-to-video image_url")
+    assert tiny.message.endswith("must be at least 64x64 (the model's min_image_px)")
+    assert schema.check_local_file("image_url", tmp_path / "tiny.png", min_image_px=4) == []
+    cut = tmp_path / "cut.png"
+    whole = (tmp_path / "ok.png").read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])  # the header reads, the pixel data ends early
+    [truncated] = schema.check_local_file("image_url", cut)
+    assert truncated.message.startswith("cut.png cannot be read as an image")
+    webp = tmp_path / "still.webp"
+    Image.new("RGB", (640, 360)).save(webp, format="PNG")
+    [named] = schema.check_local_file("image_url", webp)
+    assert named.message == "still.webp: its bytes are PNG but its extension says WEBP; rename or convert it"
+    [folder] = schema.check_local_file("image_url", tmp_path)
+    assert folder.message.endswith("a directory, not a file (for fal-ai/veo3.1/image-to-video image_url)")

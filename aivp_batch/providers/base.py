@@ -8,7 +8,7 @@ run can `attach` to the same request instead of paying for a new one.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,27 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UnitPrice:
+    """The provider's own billing price of an endpoint: `unit_price` per `unit` (free text)."""
+
+    unit_price: float
+    unit: str
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One request in the provider's request history, with the body it was sent."""
+
+    request_id: str
+    endpoint: str
+    sent_at: float  # epoch seconds
+    json_input: Any = None
+    json_output: Any = None
+    status_code: int | None = None
+
+
 StatusCallback = Callable[[StatusUpdate], None]
 
 
@@ -59,6 +80,9 @@ class Provider(abc.ABC):
     """One hosted or local video service. Use as an async context manager."""
 
     name: str = "provider"
+    # Seconds a submitted request may wait to start before the provider drops it unbilled (sent
+    # with every submit), or None. It is what makes "that lost submit was never accepted" provable.
+    start_timeout: float | None = None
 
     async def __aenter__(self) -> Provider:
         return self
@@ -69,8 +93,23 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    async def check_auth(self) -> None:  # noqa: B027 - optional hook
-        """Raise AuthError (one clear line) before anything is submitted."""
+    async def check_auth(self, endpoints: Sequence[str] = ()) -> None:  # noqa: B027 - optional hook
+        """Raise AuthError (one clear line) before anything is uploaded or submitted; a provider may
+        also load what it needs for `endpoints` here (prices)."""
+
+    @property
+    def upload_scope(self) -> str:
+        """Where uploads live: a URL uploaded to one storage host is no use on another."""
+        return self.name
+
+    async def unit_price(self, endpoint: str) -> UnitPrice | None:
+        """The billing price of `endpoint`, when the provider publishes one."""
+        return None
+
+    async def history(self, endpoint: str, since: float) -> list[HistoryRow] | None:
+        """Requests to `endpoint` sent since `since` (epoch s), with their bodies; None when the
+        provider keeps no history, so a lost submit cannot be looked up."""
+        return None
 
     @abc.abstractmethod
     async def upload(self, path: Path) -> str:

@@ -1,6 +1,9 @@
-"""fal.ai's queue protocol (see shared/reference/fal-queue-protocol.md).
+"""fal.ai's queue protocol, and the Platform API calls a batch runner needs.
 
-submit → (SSE status stream, or polling) → result → download, plus CDN uploads and cancel.
+submit → (SSE status stream, or polling) → result → download, plus CDN uploads and cancel; from
+the Platform API (`api_url`): unit prices (`/v1/models/pricing`, which also proves the key works)
+and the request history (`/v1/models/requests/by-endpoint`), which finds a request whose submit
+answer was lost.
 Every base URL comes from the constructor so tests can point them all at a local `FakeFal`.
 
 Retry rules, the money-relevant part:
@@ -26,7 +29,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +41,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from ..errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from ..keys import HOW_TO_SET, redact
-from ..media import sha256_file
-from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
+from ..media import sha256_file, sniff_bytes
+from .base import HistoryRow, Outcome, Provider, StatusCallback, StatusUpdate, Submission, UnitPrice
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ MISSING_KEY = f"no fal API key found; {HOW_TO_SET}"
 MAX_SINGLE_UPLOAD = 100 * 1024 * 1024  # fal's multipart threshold; multipart is not implemented
 _SAFE_SUBMIT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # request never sent
 _STREAM_OPENS = 3  # first open + two re-opens, then fall back to polling
+_READ_KINDS = ("status", "download", "token", "upload", "cancel", "pricing", "history")
+_PRICING_BATCH = 50  # fal accepts 1–50 endpoint ids per pricing call
+_HISTORY_PAGES = 50  # 5,000 rows: far more requests than one endpoint sees in a submit window
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def _transient_reason(response: httpx.Response, kind: str) -> str | None:
     if is_ingress_error(response):
         return f"HTTP {code} from fal's ingress"
     user_timeout = "x-fal-request-timeout-type" in response.headers  # fal's start timeout: final
-    if kind in ("status", "download", "token", "upload", "cancel") and code in (500, 502, 503, 504):
+    if kind in _READ_KINDS and code in (500, 502, 503, 504):
         return None if user_timeout else f"HTTP {code}"
     return None
 
@@ -211,8 +217,15 @@ class FalProvider(Provider):
         use_stream: bool = True,
         retry: RetryPolicy | None = None,
         max_in_flight: int = 50,
+        api_url: str = "https://api.fal.ai",
+        price_ttl_s: float = 3600.0,
     ) -> None:
         self._key = key
+        self.api_url = api_url.rstrip("/")
+        self.price_ttl_s = price_ttl_s
+        self._prices: dict[str, UnitPrice] = {}
+        self._prices_at = 0.0
+        self._priced: tuple[str, ...] = ()
         self.queue_url = queue_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
         self.cdn_url = cdn_url.rstrip("/")
@@ -316,11 +329,85 @@ class FalProvider(Provider):
     def attach(self, data: dict[str, Any]) -> Submission:
         return self.complete_urls(Submission.from_dict(data))
 
-    # ------------------------------------------------------------------ auth
-    async def check_auth(self) -> None:
-        """Missing key → AuthError; else one cheap authenticated call (the storage token)."""
+    @property
+    def upload_scope(self) -> str:
+        return f"fal@{httpx.URL(self.cdn_url).netloc.decode()}"
+
+    # ------------------------------------------------------------------ auth and prices
+    async def check_auth(self, endpoints: Sequence[str] = ()) -> None:
+        """Missing key → AuthError; else the pricing call, which checks the key (model search does
+        not) and loads the unit prices of `endpoints` for the billed costs."""
         self._key_headers()
-        await self._storage_token()
+        self._priced = tuple(dict.fromkeys(e.strip("/") for e in endpoints)) or ("fal-ai/flux/dev",)
+        try:
+            await self._load_prices()
+        except (TransientError, RequestFailed) as exc:
+            # The Platform API is down, not the key: check the key on the storage host instead and
+            # record estimates until prices can be had.
+            log.warning(self._clean(f"fal pricing unavailable ({exc}); costs are recorded as estimates"))
+            await self._storage_token()
+
+    async def unit_price(self, endpoint: str) -> UnitPrice | None:
+        if time.monotonic() - self._prices_at > self.price_ttl_s:
+            try:
+                await self._load_prices()
+            except (TransientError, RequestFailed) as exc:  # keep the prices we have
+                log.warning(self._clean(f"fal pricing refresh failed: {exc}"))
+        return self._prices.get(endpoint.strip("/"))
+
+    async def _load_prices(self) -> None:
+        prices: dict[str, UnitPrice] = {}
+        for i in range(0, len(self._priced), _PRICING_BATCH):
+            batch = ",".join(self._priced[i : i + _PRICING_BATCH])
+            data = await self._platform_get("pricing", "/v1/models/pricing", {"endpoint_id": batch})
+            for item in data.get("prices") or []:
+                try:
+                    prices[str(item["endpoint_id"])] = UnitPrice(
+                        float(item["unit_price"]),
+                        str(item.get("unit") or ""),
+                        str(item.get("currency") or ""),
+                    )
+                except (KeyError, TypeError, ValueError):
+                    continue  # one malformed row must not hide the others
+        self._prices, self._prices_at = prices, time.monotonic()
+
+    async def _platform_get(self, kind: str, path: str, params: dict[str, str]) -> dict[str, Any]:
+        response = await self._call(
+            kind, "GET", self.api_url + path, params=params, headers=self._key_headers()
+        )
+        if response.status_code in (401, 403):
+            raise self._auth_error(response)
+        if not response.is_success:
+            raise RequestFailed(
+                self._clean(f"fal {kind}: {_platform_error(response)}"), status_code=response.status_code
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise RequestFailed(f"fal {kind}: the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise RequestFailed(f"fal {kind}: unexpected answer")
+        return data
+
+    # ------------------------------------------------------------------ request history
+    async def history(self, endpoint: str, since: float) -> list[HistoryRow]:
+        """Every request to `endpoint` fal lists since `since`, with its stored input and output.
+        fal may filter on completion time, so ask from `since` to now and let the caller match
+        `sent_at`; paging is by page number, so rows can shift between pages: dedupe on the id."""
+        endpoint = endpoint.strip("/")
+        params = {"endpoint_id": endpoint, "start": _iso(since), "expand": "payloads", "limit": "100"}
+        rows: dict[str, HistoryRow] = {}
+        for _ in range(_HISTORY_PAGES):
+            data = await self._platform_get("history", "/v1/models/requests/by-endpoint", params)
+            for item in data.get("items") or []:
+                row = _history_row(item)
+                if row is not None:
+                    rows[row.request_id] = row
+            cursor = data.get("next_cursor")
+            if not data.get("has_more") or not cursor:
+                break
+            params = {**params, "cursor": str(cursor)}
+        return list(rows.values())
 
     # ------------------------------------------------------------------ submit
     async def submit(self, endpoint: str, payload: dict[str, Any]) -> Submission:
@@ -501,6 +588,7 @@ class FalProvider(Provider):
                 status_code=code,
             ) from None
         seed = output.get("seed")
+        units = _billable_units(response)
         timings = progress.timings()
         inference = (status.get("metrics") or {}).get("inference_time")
         if isinstance(inference, int | float):
@@ -509,7 +597,7 @@ class FalProvider(Provider):
             output=output,
             video_url=str(video_url),
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-            billed_units=None,
+            billed_units=units,
             timings=timings,
         )
 
@@ -563,7 +651,8 @@ class FalProvider(Provider):
                 f"({MAX_SINGLE_UPLOAD} bytes); multipart upload is not supported"
             )
         data = await asyncio.to_thread(path.read_bytes)  # ≤ 100 MiB, usually a frame image
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        # What the bytes are, not what the name says (a JPEG named .png is sent as image/jpeg).
+        content_type = sniff_bytes(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         for refresh in (False, True):
             token_type, token = await self._storage_token(refresh=refresh)
             headers = {
@@ -654,6 +743,53 @@ def _raise_if_transient(response: httpx.Response, kind: str) -> None:
     reason = _transient_reason(response, kind)
     if reason:
         raise _Retry(reason, response.status_code, parse_retry_after(response.headers.get("retry-after")))
+
+
+def _billable_units(response: httpx.Response) -> float | None:
+    """`x-fal-billable-units`: what fal charges for, in the endpoint's billing unit (the output's
+    real size, e.g. 3.008 s of audio for a 3 s request): recorded as sent, never recomputed."""
+    try:
+        units = float(response.headers.get("x-fal-billable-units", ""))
+    except ValueError:
+        return None
+    return units if units >= 0 else None
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _epoch(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _history_row(item: Any) -> HistoryRow | None:
+    if not isinstance(item, dict) or not item.get("request_id"):
+        return None
+    sent_at = _epoch(item.get("sent_at"))
+    if sent_at is None:
+        return None
+    code = item.get("status_code")
+    return HistoryRow(
+        request_id=str(item["request_id"]),
+        endpoint=str(item.get("endpoint_id") or ""),
+        sent_at=sent_at,
+        json_input=item.get("json_input"),
+        json_output=item.get("json_output"),
+        status_code=code if isinstance(code, int) else None,
+    )
+
+
+def _platform_error(response: httpx.Response) -> str:
+    """fal's Platform API error shape: `{"error": {"type", "message"}}`."""
+    try:
+        error = response.json().get("error") or {}
+        return f"HTTP {response.status_code} {error.get('type', '')}: {error.get('message', '')}".strip(": ")
+    except (ValueError, AttributeError):
+        return f"HTTP {response.status_code}"
 
 
 def _describe(exc: BaseException | None) -> str:

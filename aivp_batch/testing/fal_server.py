@@ -2,8 +2,11 @@
 
 It follows fal's documented queue protocol: queue submit /
 status / SSE status stream / result / cancel, CDN storage token + upload, the per-model OpenAPI
-endpoint and `/v1/models` search, and downloadable MP4 outputs that really decode. One server
-answers every host (queue, rest, cdn, schema, api); the client takes each base URL from config.
+endpoint and `/v1/models` search, the platform's request history
+(`/v1/models/requests/by-endpoint`) and unit prices (`/v1/models/pricing`), the
+`x-fal-billable-units` result header, the `X-Fal-Request-Timeout` start deadline, and
+downloadable MP4 outputs that really decode. One server answers every host (queue, rest, cdn,
+schema, api); the client takes each base URL from config.
 
 Threads, not asyncio: `ThreadingHTTPServer` gives each connection its own daemon thread, so 60+
 open SSE streams are just 60 sleeping threads, and a test's asyncio loop never shares a loop
@@ -18,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import mimetypes
 import random
 import re
@@ -29,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +53,8 @@ _NGINX_HTML = (
     "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 _CHUNK = 64 * 1024
+_MAX_IDS = 50  # endpoint_id values the platform APIs take per call
+_HISTORY_STATUS = {"success": range(200, 300), "user_error": range(400, 500), "error": range(500, 600)}
 
 
 # --------------------------------------------------------------------------- jobs
@@ -77,6 +83,8 @@ class Job:
     error: tuple[str, str] | None = None  # (error, error_type) shown at status when COMPLETED
     cancelled: bool = False
     result_calls: int = 0
+    sent_wall: float = field(default_factory=time.time)  # epoch seconds of timeline[0] (submit)
+    units: float | None = None  # x-fal-billable-units on a successful result (None: no header)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def index_at(self, now: float) -> int:
@@ -91,6 +99,20 @@ class Job:
 
     def completed(self, now: float) -> bool:
         return self.timeline[self.index_at(now)].status == "COMPLETED"
+
+    @property
+    def started_at(self) -> float | None:
+        """When it reached IN_PROGRESS (monotonic), or None if it never does (dropped, cancelled)."""
+        return next((ev.at for ev in self.timeline if ev.status == "IN_PROGRESS"), None)
+
+    @property
+    def ended_at(self) -> float:
+        """When it reaches (or reached) COMPLETED (monotonic)."""
+        return self.timeline[-1].at
+
+    def wall(self, at: float) -> datetime:
+        """A monotonic event time as a UTC datetime (microsecond precision)."""
+        return datetime.fromtimestamp(self.sent_wall + (at - self.timeline[0].at), UTC)
 
     def logs_between(self, start: int, end: int) -> list[dict[str, str]]:
         return [log for ev in self.timeline[start : end + 1] for log in ev.logs]
@@ -118,6 +140,11 @@ class Job:
 def _log(message: str, at: float, level: str = "INFO") -> dict[str, str]:
     wall = datetime.now(UTC) + timedelta(seconds=at - time.monotonic())
     return {"message": message, "level": level, "source": "USER", "timestamp": wall.isoformat()}
+
+
+def _iso(dt: datetime) -> str:
+    """ISO-8601 UTC with a 'Z', like fal's platform APIs."""
+    return dt.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def app_id(endpoint: str) -> str:
@@ -157,17 +184,56 @@ class FalStats:
     faults_fired: Counter[str] = field(default_factory=Counter)  # "<on>:<kind>"
     open_streams: int = 0
     max_open_streams: int = 0
+    _billed: dict[str, float | None] = field(default_factory=dict, repr=False)
+    _settle: Callable[[], None] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def duplicate_submits(self) -> int:
         return sum(n - 1 for n in self.submits_by_payload.values() if n > 1)
+
+    @property
+    def billed(self) -> dict[str, float | None]:
+        """request_id -> billed units, for every request whose generation has COMPLETED successfully
+        by now, whether or not anyone fetched the result (fal bills the generation, not the fetch).
+        The value is what the result's `x-fal-billable-units` header says, None where the
+        `billable_units` hook returned None (billed, units not reported). Failed generations,
+        cancelled requests and start-timeout drops are never here. Frozen when the server stops."""
+        if self._settle:
+            self._settle()
+        return dict(self._billed)
+
+    @property
+    def billed_requests(self) -> int:
+        return len(self.billed)
+
+    @property
+    def billed_units(self) -> float:
+        """The sum of the reported units in `billed`."""
+        return sum(u for u in self.billed.values() if u is not None)
 
 
 # --------------------------------------------------------------------------- server
 
 
 class FakeFal:
-    """A fal look-alike on `host:port` (port 0 = any free port). Use as a context manager."""
+    """A fal look-alike on `host:port` (port 0 = any free port). Use as a context manager.
+
+    Timeline of a job: IN_QUEUE for `latency_s * queue_fraction` seconds (positions counting down
+    from `queue_depth`), then IN_PROGRESS, COMPLETED at `latency_s` after submit. Both are plain
+    attributes, so a test can make jobs sit in the queue longer (`fal.queue_fraction = 0.9`).
+
+    `X-Fal-Request-Timeout: <s>` on submit is honoured against that timeline: a job that would not
+    reach IN_PROGRESS within `s` seconds is dropped at submit + `s` (COMPLETED with error
+    `request_timeout`; result 504, `X-Fal-Request-Timeout-Type: user`, `x-fal-billable-units: 0`);
+    it never started, so it is neither billed nor listed in the history. A value that is not a
+    number > 0.1 is refused at submit with 400 `bad_request`.
+
+    `history_lag_s`: a request appears in `/v1/models/requests/by-endpoint` only once it has
+    started and this many more seconds have passed (fal's undocumented listing delay).
+    `prices`: endpoint id -> (unit_price, unit) served by `/v1/models/pricing` (others absent).
+    `billable_units`: payload -> units for the result's `x-fal-billable-units` header (None: no
+    header); by default the payload's `duration` in seconds (`parse_duration`).
+    """
 
     def __init__(
         self,
@@ -185,6 +251,9 @@ class FakeFal:
         video_size_bytes: int | None = None,
         token_ttl_s: float = 3600.0,
         verbose: bool = False,
+        history_lag_s: float = 0.0,
+        prices: dict[str, tuple[float, str]] | None = None,
+        billable_units: Callable[[Any], float | None] | None = None,
     ) -> None:
         self.schemas_dir = Path(schemas_dir) if schemas_dir else SNAPSHOT_DIR  # the bundled snapshot
         self.key = key
@@ -197,7 +266,12 @@ class FakeFal:
         self.video_size_bytes = video_size_bytes
         self.token_ttl_s = token_ttl_s
         self.verbose = verbose
+        self.history_lag_s = history_lag_s
+        self.prices: dict[str, tuple[float, str]] = dict(prices or {})
+        self.billable_units = billable_units
         self.stats = FalStats()
+        self.stats._settle = self._settle_billing
+        self._billing_frozen = False
         self.jobs: dict[str, Job] = {}
         self._host, self._port = host, port
         self._lock = threading.Lock()
@@ -222,6 +296,8 @@ class FakeFal:
         return self
 
     def stop(self) -> None:
+        self._settle_billing()
+        self._billing_frozen = True  # stats read after the server is gone stay as they were
         self._stopping.set()
         with self._lock:
             for job in self.jobs.values():
@@ -261,33 +337,72 @@ class FakeFal:
                 self.stats.faults_fired[f"{on}:{f.kind}"] += 1
         return f
 
-    def create_job(self, endpoint: str, payload: Any, headers: dict[str, str], fault: Fault | None) -> Job:
-        now = time.monotonic()
-        queue_s = self.latency_s * self.queue_fraction
-        run_end = now + self.latency_s
-        timeline = [
-            _Event(now + queue_s * i / (self.queue_depth + 1), "IN_QUEUE", self.queue_depth - i)
-            for i in range(self.queue_depth + 1)
-        ]
-        job = Job(
+    def create_job(
+        self,
+        endpoint: str,
+        payload: Any,
+        headers: dict[str, str],
+        fault: Fault | None,
+        start_timeout: float | None = None,
+    ) -> Job:
+        """A submitted job on the normal timeline; `start_timeout` = the X-Fal-Request-Timeout value."""
+        job = self._new_job(endpoint, payload, headers)
+        self._build(job, time.monotonic(), self.latency_s * self.queue_fraction, self.latency_s, fault)
+        if start_timeout is not None:
+            deadline = job.timeline[0].at + start_timeout
+            started = job.started_at
+            if (started is None and job.ended_at > deadline) or (started is not None and started > deadline):
+                _drop_unstarted(job, deadline, "Request timed out before it started", "request_timeout")
+        return self._register(job, payload)
+
+    def inject_history(self, endpoint: str, payload: Any, sent_at: datetime | float | None = None) -> Job:
+        """Add a request nobody submitted through this server: completed, billed, listed in the
+        history (after `history_lag_s`) with exactly `payload` as its `json_input`, and fetchable
+        via its queue URLs. `sent_at` (aware datetime, naive = UTC, or epoch seconds; default now)
+        is its exact `sent_at`; its run is squeezed to end by now. Two of these (or one next to a
+        real submit) with the same payload give two identical history rows. Not counted in
+        `stats.calls` / `submits_by_payload` (the client never sent it)."""
+        now_wall, now = time.time(), time.monotonic()
+        if sent_at is None:
+            sent = now_wall
+        elif isinstance(sent_at, datetime):
+            sent = (sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)).timestamp()
+        else:
+            sent = float(sent_at)
+        total = min(self.latency_s, now_wall - sent) if sent <= now_wall else self.latency_s
+        job = self._new_job(endpoint, payload, {})
+        job.sent_wall = sent
+        t0 = now - (now_wall - sent)
+        self._build(job, t0, total * self.queue_fraction, total, None)
+        with self._lock:
+            self.jobs[job.id] = job
+        return job
+
+    def _new_job(self, endpoint: str, payload: Any, headers: dict[str, str]) -> Job:
+        return Job(
             id=str(uuid.uuid4()),
             app=app_id(endpoint),
             endpoint=endpoint,
             payload=payload,
             headers=headers,
             seed=_seed_of(payload),
-            timeline=timeline,
+            timeline=[],
+            sent_wall=time.time(),
+            units=self.units_for(payload),
+        )
+
+    def _build(self, job: Job, t0: float, queue_s: float, latency_s: float, fault: Fault | None) -> None:
+        """Fill `job`'s timeline from `t0` (monotonic): queued `queue_s`, COMPLETED at t0 + latency_s."""
+        run_end = t0 + latency_s
+        timeline = job.timeline
+        timeline.extend(
+            _Event(t0 + queue_s * i / (self.queue_depth + 1), "IN_QUEUE", self.queue_depth - i)
+            for i in range(self.queue_depth + 1)
         )
         if fault and fault.kind == "timeout_504":  # never got a runner: stays queued, then 504
-            job.error = ("Request timed out", "startup_timeout")
-            job.failure = (
-                504,
-                {"detail": "Request timed out", "error_type": "startup_timeout"},
-                {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": "startup_timeout"},
-            )
-            timeline.append(_Event(run_end, "COMPLETED", logs=(_log("Request timed out", run_end, "ERROR"),)))
-            return self._register(job, payload)
-        start = now + queue_s
+            _drop_unstarted(job, run_end, "Request timed out", "startup_timeout")
+            return
+        start = t0 + queue_s
         mid = start + (run_end - start) / 2
         timeline.append(_Event(start, "IN_PROGRESS", logs=(_log("Starting generation", start),)))
         timeline.append(_Event(mid, "IN_PROGRESS", logs=(_log("Generating: 50%", mid),)))
@@ -303,7 +418,6 @@ class FakeFal:
             timeline.append(_Event(run_end, "COMPLETED", logs=(_log(fault.message, run_end, "ERROR"),)))
         else:
             timeline.append(_Event(run_end, "COMPLETED", logs=(_log("Generation complete", run_end),)))
-        return self._register(job, payload)
 
     def _register(self, job: Job, payload: Any) -> Job:
         with self._lock:
@@ -330,6 +444,91 @@ class FakeFal:
             )
         job.wake.set()
         return True
+
+    def units_for(self, payload: Any) -> float | None:
+        """Billable units of a successful generation of `payload` (the `billable_units` hook, or
+        the payload's duration in seconds)."""
+        if self.billable_units is not None:
+            units = self.billable_units(payload)
+            return None if units is None else float(units)
+        return parse_duration(payload.get("duration") if isinstance(payload, dict) else None)
+
+    def _settle_billing(self) -> None:
+        """Bill every job whose generation has completed successfully by now (called on read)."""
+        if self._billing_frozen:
+            return
+        now = time.monotonic()
+        with self._lock:
+            billed = self.stats._billed
+            for job in self.jobs.values():
+                if job.id not in billed and job.failure is None and job.completed(now):
+                    billed[job.id] = job.units
+
+    def output_for(self, job: Job, base: str) -> dict[str, Any]:
+        """The result body of a successful job, with URLs on `base`."""
+        return {
+            "video": {
+                "url": f"{base}/files/{job.id}.mp4",
+                "content_type": "video/mp4",
+                "file_name": f"{job.id}.mp4",
+                "file_size": self.video_for(job).stat().st_size,
+            },
+            "seed": job.seed,
+        }
+
+    def history(
+        self,
+        endpoint_ids: list[str],
+        start: datetime,
+        end: datetime,
+        base: str,
+        status: str | None = None,
+        request_id: str | None = None,
+        payloads: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The rows `/v1/models/requests/by-endpoint` lists, newest `sent_at` first.
+
+        A job is listed once it has started (reached IN_PROGRESS) and `history_lag_s` more seconds
+        have passed; jobs that never start (start-timeout drops, `timeout_504`, cancelled while
+        queued) are never listed. `start` <= sent_at < `end`. `status` keeps completed rows whose
+        status code is 2xx (success), 4xx (user_error) or 5xx (error). `ended_at`, `status_code`
+        and `duration` (ended_at - sent_at, seconds) are null until it completes; `json_output`
+        is the result body (the error body for a failed one), null until then."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = list(self.jobs.values())
+        rows: list[tuple[float, dict[str, Any]]] = []
+        for job in jobs:
+            started = job.started_at
+            if job.endpoint not in endpoint_ids or started is None or started + self.history_lag_s > now:
+                continue
+            if request_id is not None and job.id != request_id:
+                continue
+            sent = job.wall(job.timeline[0].at)
+            if not start <= sent < end:
+                continue
+            done = job.completed(now)
+            code = (job.failure[0] if job.failure else 200) if done else None
+            if status is not None and (code is None or code not in _HISTORY_STATUS[status]):
+                continue
+            item: dict[str, Any] = {
+                "request_id": job.id,
+                "endpoint_id": job.endpoint,
+                "sent_at": _iso(sent),
+                "started_at": _iso(job.wall(started)),
+                "ended_at": _iso(job.wall(job.ended_at)) if done else None,
+                "status_code": code,
+                "duration": round(job.ended_at - job.timeline[0].at, 3) if done else None,
+            }
+            if payloads:
+                item["json_input"] = job.payload
+                output = None
+                if done:
+                    output = job.failure[1] if job.failure else self.output_for(job, base)
+                item["json_output"] = output
+            rows.append((job.sent_wall, item))
+        rows.sort(key=lambda r: (r[0], r[1]["request_id"]), reverse=True)
+        return [item for _, item in rows]
 
     def issue_token(self) -> str:
         token = uuid.uuid4().hex
@@ -360,6 +559,19 @@ class FakeFal:
             return None
         path = self.schemas_dir / (endpoint_id.strip("/").replace("/", "__") + ".json")
         return path if path.is_file() and path.parent == self.schemas_dir else None
+
+
+def _drop_unstarted(job: Job, at: float, detail: str, error_type: str) -> None:
+    """End `job` at `at` before it ever started: fal's start timeout. COMPLETED with an error, the
+    result 504 + `X-Fal-Request-Timeout-Type: user`; never billed, never in the history."""
+    queued = [ev for ev in job.timeline if ev.status == "IN_QUEUE" and ev.at < at] or job.timeline[:1]
+    job.timeline = [*queued, _Event(at, "COMPLETED", logs=(_log(detail, at, "ERROR"),))]
+    job.error = (detail, error_type)
+    job.failure = (
+        504,
+        {"detail": detail, "error_type": error_type},
+        {"X-Fal-Request-Timeout-Type": "user", "X-Fal-Error-Type": error_type},
+    )
 
 
 def _seed_of(payload: Any) -> int:
@@ -459,6 +671,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _route(self, method: str, segs: list[str]) -> None:
+        url = urlsplit(self.path)
         if segs[:2] == ["files", "upload"] and method == "POST":
             return self._upload()
         if segs[:2] == ["files", "up"] and len(segs) == 3 and method == "GET":
@@ -471,6 +684,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._schema()
         if segs == ["v1", "models"] and method == "GET":
             return self._models()
+        if segs == ["v1", "models", "requests", "by-endpoint"] and method == "GET":
+            return self._history()
+        if segs == ["v1", "models", "pricing"] and method == "GET":
+            return self._pricing()
+        if segs[:1] == ["v1"]:  # the platform API host: not an app, never a queue submit
+            return self._platform_error(404, "not_found", f"Not found: {method} {url.path}")
         if "requests" in segs:
             i = segs.index("requests")
             return self._queue_op(method, segs[:i], segs[i + 1 :])
@@ -551,11 +770,12 @@ class _Handler(BaseHTTPRequestHandler):
         if f.kind == "slow":
             time.sleep(f.seconds)
         elif f.kind == "429":
-            headers = {"X-Fal-Needs-Retry": "1"}
-            if f.retry_after is not None:
-                headers["Retry-After"] = str(f.retry_after)
+            retry = {} if f.retry_after is None else {"Retry-After": str(f.retry_after)}
+            if on in ("history", "pricing"):
+                self._platform_error(429, "rate_limited", "Rate limit exceeded", retry)
+                raise _Answered
             body = {"detail": "Too many requests", "error_type": "concurrent_requests_limit"}
-            self._json(429, body, headers)
+            self._json(429, body, {"X-Fal-Needs-Retry": "1", **retry})
             raise _Answered
         elif f.kind.startswith("ingress_"):
             code = int(f.kind.split("_")[1])
@@ -587,17 +807,125 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(403, {"detail": "Invalid API key"})
             raise _Answered
 
+    def _platform_error(
+        self, code: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """fal's Platform API (api.fal.ai/v1) error shape."""
+        self._json(code, {"error": {"type": kind, "message": message}}, headers)
+
+    def _require_platform_key(self) -> None:
+        scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme != "Key" or value.strip() != self.fal.key:
+            message = "Invalid API key" if scheme else "Missing authorization header"
+            self._platform_error(401, "authorization_error", message)
+            raise _Answered
+
+    def _invalid(self, message: str) -> None:
+        self._platform_error(400, "validation_error", message)
+        raise _Answered
+
+    def _endpoint_ids(self) -> list[str]:
+        """`endpoint_id`, comma-separated and/or repeated: 1-50 ids (else 400)."""
+        ids: list[str] = []
+        for value in self.query.get("endpoint_id", []):
+            ids.extend(i.strip() for i in value.split(",") if i.strip() and i.strip() not in ids)
+        if not ids:
+            self._invalid("endpoint_id is required")
+        if len(ids) > _MAX_IDS:
+            self._invalid(f"endpoint_id takes at most {_MAX_IDS} ids, got {len(ids)}")
+        return ids
+
+    def _when(self, name: str, default: datetime) -> datetime:
+        """An ISO-8601 date-time or YYYY-MM-DD query value (naive = UTC)."""
+        text = self.query.get(name, [""])[-1].strip()
+        if not text:
+            return default
+        text = re.sub(r" (\d{2}:?\d{2})$", r"+\1", text)  # an unencoded "+02:00" arrives as " 02:00"
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            self._invalid(f"{name} must be an ISO-8601 date-time or YYYY-MM-DD, got {text!r}")
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+    # platform APIs --------------------------------------------------------------
+    def _history(self) -> None:
+        """`GET /v1/models/requests/by-endpoint`: the caller's requests, newest `sent_at` first
+        (fal's default sort is ended_at; `sort_by` is accepted and ignored here). See
+        `FakeFal.history` for which requests are listed. The cursor is base64 of the page number
+        (1-based: the second page is "Mg==")."""
+        self._apply_fault("history")
+        self._require_platform_key()
+        q = self.query
+        ids = self._endpoint_ids()
+        status = q.get("status", [""])[-1] or None
+        if status is not None and status not in _HISTORY_STATUS:
+            self._invalid(f"status must be one of {sorted(_HISTORY_STATUS)}, got {status!r}")
+        request_id = q.get("request_id", [""])[-1] or None
+        if request_id is not None:
+            try:
+                request_id = str(uuid.UUID(request_id))
+            except ValueError:
+                self._invalid(f"request_id must be a UUID, got {request_id!r}")
+        now = datetime.now(UTC)
+        start = self._when("start", now - timedelta(days=90 if request_id else 1))
+        end = self._when("end", now)
+        expand = {e.strip() for value in q.get("expand", []) for e in value.split(",")}
+        limit_text = q.get("limit", ["50"])[-1] or "50"
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+            self._invalid(f"limit must be an integer from 1 to 100, got {limit_text!r}")
+        limit = int(limit_text)
+        cursor = q.get("cursor", [""])[-1]
+        page = 1
+        if cursor:
+            try:
+                page = int(base64.b64decode(cursor, validate=True).decode())
+            except ValueError:
+                page = 0
+            if page < 1:
+                self._invalid(f"invalid cursor {cursor!r}")
+        rows = self.fal.history(ids, start, end, self.base, status, request_id, "payloads" in expand)
+        items = rows[(page - 1) * limit : page * limit]
+        more = page * limit < len(rows)
+        next_cursor = base64.b64encode(str(page + 1).encode()).decode() if more else None
+        self._json(200, {"items": items, "next_cursor": next_cursor, "has_more": more})
+
+    def _pricing(self) -> None:
+        """`GET /v1/models/pricing`: unit prices of the asked ids that have one (others absent)."""
+        self._apply_fault("pricing")
+        self._require_platform_key()
+        prices = [
+            {"endpoint_id": i, "unit_price": price, "unit": unit, "currency": "USD"}
+            for i in self._endpoint_ids()
+            if i in self.fal.prices
+            for price, unit in [self.fal.prices[i]]
+        ]
+        self._json(200, {"prices": prices, "next_cursor": None, "has_more": False})
+
     # queue ------------------------------------------------------------------
     def _submit(self, endpoint: str) -> None:
         raw = self._body()
         f = self._apply_fault("submit", f"/{endpoint} {raw.decode(errors='replace')}")
         self._require_key()
+        start_timeout = None
+        if (text := self.headers.get("X-Fal-Request-Timeout")) is not None:
+            try:
+                start_timeout = float(text)
+            except ValueError:
+                start_timeout = math.nan
+            if not (math.isfinite(start_timeout) and start_timeout > 0.1):
+                message = f"Invalid X-Fal-Request-Timeout {text!r}: must be a number of seconds > 0.1"
+                self._json(
+                    400, {"detail": message, "error_type": "bad_request"}, {"X-Fal-Error-Type": "bad_request"}
+                )
+                return
         try:
             payload: Any = json.loads(raw) if raw else {}
         except ValueError:
             payload = raw.decode(errors="replace")  # real fal accepts anything at submit
         recorded = {k: v for k, v in self.headers.items() if k.lower().startswith("x-fal-")}
-        job = self.fal.create_job(endpoint, payload, recorded, f)
+        job = self.fal.create_job(endpoint, payload, recorded, f, start_timeout)
         body = job.status_body(0, self.base, None)
         del body["logs"]  # the submit response has no logs field
         self._json(200, body, request_id=job.id)
@@ -692,21 +1020,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not job.completed(time.monotonic()):
             self._json(400, {"detail": "Request is still in progress"}, request_id=job.id)
             return
-        if job.failure:  # the model's own status and body, replayed
+        if job.failure:  # the model's own status and body, replayed; failures are not billed
             code, body, headers = job.failure
-            self._json(code, body, headers, request_id=job.id)
+            self._json(code, body, {**headers, "x-fal-billable-units": "0"}, request_id=job.id)
             return
-        path = self.fal.video_for(job)
-        output = {
-            "video": {
-                "url": f"{self.base}/files/{job.id}.mp4",
-                "content_type": "video/mp4",
-                "file_name": f"{job.id}.mp4",
-                "file_size": path.stat().st_size,
-            },
-            "seed": job.seed,
-        }
-        self._json(200, output, {"x-fal-billable-units": "1"}, request_id=job.id)
+        units = {} if job.units is None else {"x-fal-billable-units": f"{job.units:g}"}
+        self._json(200, self.fal.output_for(job, self.base), units, request_id=job.id)
 
     def _cancel(self, app: str, rid: str) -> None:
         self._apply_fault("cancel")
@@ -853,6 +1172,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency", type=float, default=2.0, help="seconds from submit to COMPLETED")
     p.add_argument("--key", default="test-key")
     p.add_argument("--video-size", type=int, default=None, help="pad served MP4s to this many bytes")
+    p.add_argument(
+        "--history-lag", type=float, default=0.0, help="seconds before a started request is listed"
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     fal = FakeFal(
@@ -863,6 +1185,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         video_size_bytes=args.video_size,
         verbose=args.verbose,
+        history_lag_s=args.history_lag,
     )
     with fal:
         print(f"fake fal listening on {fal.url} (key {args.key!r}); Ctrl-C to stop", flush=True)

@@ -6,7 +6,19 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-CALL_KINDS = ("submit", "status", "stream", "result", "cancel", "upload", "token", "download", "schema")
+CALL_KINDS = (
+    "submit",
+    "status",
+    "stream",
+    "result",
+    "cancel",
+    "upload",
+    "token",
+    "download",
+    "schema",
+    "history",  # GET /v1/models/requests/by-endpoint
+    "pricing",  # GET /v1/models/pricing
+)
 FAULT_KINDS = frozenset(
     {
         "429",
@@ -32,13 +44,21 @@ FAULT_KINDS = frozenset(
 class Fault:
     """One scripted misbehaviour.
 
-    kind: `429` (with `Retry-After` when `retry_after` is set), `ingress_502|503|504` (nginx HTML,
-    no `x-fal-request-id`), `reset` / `reset_before` / `reset_after` (RST without a response;
+    kind: `429` (with `Retry-After` when `retry_after` is set; on `history` / `pricing` the body is
+    the platform shape `{"error": {"type": "rate_limited", ...}}`), `ingress_502|503|504` (nginx
+    HTML, no `x-fal-request-id`), `reset` / `reset_before` / `reset_after` (RST without a response;
     before or after the action took effect; plain `reset` on submit means `reset_after`, the
     dangerous lost-response case), `truncate` (download: half the body then RST; stream: first
     event then a clean close), `slow` (sleep `seconds` then answer normally), `fail_generation`
     (submit only: the job ends COMPLETED with `error`, the result is `status_code` with `message`),
-    `timeout_504` (504 + `X-Fal-Request-Timeout-Type: user`; on submit the job ends that way).
+    `timeout_504` (504 + `X-Fal-Request-Timeout-Type: user`; on submit the job never starts and
+    ends that way at its would-be completion time).
+
+    On submit, `reset_before` means the request never reached the app: no job, no history row, no
+    bill; it never existed. `reset_after` (and plain `reset`) creates the request exactly as a
+    normal submit would and then drops the connection before answering: the job runs its normal
+    timeline, shows up in the request history once it has started (plus `history_lag_s`), and is
+    billed once it completes, just as on fal, so the client only learns of it by reconciling.
     on: which call kind it hits (see CALL_KINDS). Fires on matching calls number `after+1 …`,
     only every `every`-th of them if set, at most `times` times (None = forever). `match` is a
     substring the request path (or, for submit, the raw body) must contain.

@@ -1,0 +1,85 @@
+"""One run at a time per job store: an exclusive lock held for the whole run.
+
+Two runs of the same command on one project (two terminals, a cron job and a person) would each
+see a job as not yet submitted and both pay for it. The lock is `filelock`'s `FileLock`, an
+`flock(2)` on `<store>/run.lock`: the kernel drops it when the holding process dies, however it
+dies, so a stale lock never blocks. Who holds it (pid, host, since) is written beside it, in
+`run.lock.json`, for the waiting run's message only.
+
+On a shared file system, flock works across hosts on NFSv4 and Lustre/GPFS with locking enabled;
+on NFSv3 without lockd, or SMB mounts without byte-range locks, it is local to each host, so keep
+one store per host there (`store_dir=`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from filelock import FileLock, Timeout, UnixFileLock
+
+from .errors import InputError
+from .files import atomic_write_json, ensure_dir
+from .records import now_iso, read_json
+
+# On POSIX, flock only: filelock's fallback to a "soft" lock file would outlive a killed holder.
+_LOCK = UnixFileLock if os.name == "posix" else FileLock
+
+
+class StoreBusy(InputError):
+    """Another run holds the store and we may not (or no longer) wait for it."""
+
+
+class StoreLock:
+    """`with StoreLock(store_dir, wait_s):` — `wait_s=None` waits as long as it takes, 0 not at all."""
+
+    def __init__(self, store_dir: Path, wait_s: float | None = None, poll_s: float = 0.2) -> None:
+        self.store_dir = store_dir
+        self.wait_s = wait_s
+        self.poll_s = poll_s
+        self._lock = _LOCK(store_dir / "run.lock")
+        self._info = store_dir / "run.lock.json"
+
+    def holder(self) -> str:
+        """`since <time>, pid <n> on <host>` of the current holder, as far as it wrote it down."""
+        info = read_json(self._info) or {}
+        where = f" on {info['host']}" if info.get("host") else ""
+        return f"since {info.get('since', '?')}, pid {info.get('pid', '?')}{where}"
+
+    def __enter__(self) -> StoreLock:
+        ensure_dir(self.store_dir)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            self._wait()
+        except OSError as exc:  # e.g. a file system without flock
+            raise StoreBusy(f"cannot lock the job store {self.store_dir} ({exc.strerror or exc})") from None
+        atomic_write_json(
+            self._info,
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "argv": sys.argv[1:]},
+            durable=False,
+        )
+        return self
+
+    def _wait(self) -> None:
+        busy = f"another run holds {self.store_dir} {self.holder()}"
+        if self.wait_s is not None and self.wait_s <= 0:
+            raise StoreBusy(f"{busy}; not waiting (lock_wait_s=0)")
+        limit = "" if self.wait_s is None else f" for up to {self.wait_s:g} s (lock_wait_s)"
+        print(f"aivp-batch: {busy}; waiting{limit}", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        try:
+            self._lock.acquire(timeout=-1 if self.wait_s is None else self.wait_s, poll_interval=self.poll_s)
+        except Timeout:
+            raise StoreBusy(f"{busy}; gave up after {time.monotonic() - t0:.0f} s (lock_wait_s)") from None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._info.unlink(missing_ok=True)
+        self._lock.release()
+
