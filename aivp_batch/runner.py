@@ -337,7 +337,9 @@ class _JobRun:
         )
         if not self.ctx.ledger.holds(self.job.key):  # reserved by the run that lost the answer
             await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
-        self.record("queued", request_id=row.request_id, error=None, note="reconciled from the request history")
+        self.record(
+            "queued", request_id=row.request_id, error=None, note="reconciled from the request history"
+        )
         # The history keeps the output for 30 days; the queue result only about an hour.
         output = row.json_output if isinstance(row.json_output, dict) else {}
         video = output.get("video") if isinstance(output.get("video"), dict) else {}
