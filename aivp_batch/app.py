@@ -256,6 +256,17 @@ def cost_totals(results: list[JobResult]) -> dict[str, float]:
     }
 
 
+def format_costs(costs: dict[str, float]) -> str:
+    """`$1.23 spent ($1.20 billed, $0.03 at estimate; estimated $1.30)`, or just `$0.00 spent`."""
+    text = f"${costs['spent_usd']:.2f} spent"
+    if not costs["spent_usd"]:
+        return text
+    return (
+        f"{text} (${costs['billed_usd']:.2f} billed, ${costs['at_estimate_usd']:.2f} at estimate; "
+        f"estimated ${costs['estimated_usd']:.2f})"
+    )
+
+
 def _lock_wait(cfg: DictConfig) -> float | None:
     wait = cfg.get("lock_wait_s")
     return None if wait is None else float(wait)
@@ -320,9 +331,7 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         plan_md=str(paths.output_dir / "plan.md"),
     )
     print(
-        f"{done}/{len(results)} clips done, ${costs['spent_usd']:.2f} spent "
-        f"(${costs['billed_usd']:.2f} billed, ${costs['at_estimate_usd']:.2f} at estimate; "
-        f"estimated ${costs['estimated_usd']:.2f}); "
+        f"{done}/{len(results)} clips done, {format_costs(costs)}; "
         f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}"
     )
     ok = done == len(results) and not problems

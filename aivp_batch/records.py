@@ -119,7 +119,7 @@ def _cost_cell(log: Mapping[str, Any]) -> str:
     cost = log.get("cost_usd")
     if log.get("status") != DONE or not isinstance(cost, int | float):
         return ""
-    return f"${cost:.2f}" if log.get("cost_source") == "billed" else f"~${cost:.2f}"
+    return f"${cost:.2f}" if log.get("cost_source") == "billed" or not cost else f"~${cost:.2f}"
 
 
 def _costs(log: Mapping[str, Any]) -> tuple[float, float]:

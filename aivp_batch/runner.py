@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .billing import billed_cost, drift_warning
+from .billing import billed_cost, drift_warning, expected_units
 from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
 from .files import ensure_dir
@@ -510,6 +510,23 @@ class _JobRun:
         return stamp
 
 
+async def _check_prices(jobs: list[Job], provider: Provider, ctx: RunContext) -> None:
+    """Before spending: warn once per endpoint where fal's unit price and the model config's rate
+    disagree (for units whose meaning is plain; the others are compared when billed)."""
+    for job in {job.endpoint: job for job in reversed(jobs)}.values():
+        price = await provider.unit_price(job.endpoint)
+        units = expected_units(price.unit, float(job.duration_s)) if price else None
+        if price is None or units is None:
+            continue
+        fal_usd = units * price.unit_price
+        line = drift_warning(
+            job.endpoint, job.estimate_usd, fal_usd, units, price, ctx.price_drift, billed=False
+        )
+        if line:
+            ctx.drift_warned.add(job.endpoint)
+            ctx.warn(line)
+
+
 def _lost_submit(record: Mapping[str, Any]) -> LostSubmit:
     sent = record.get("sent_at")
     if not isinstance(sent, int | float):  # journalled by an older version: second precision
@@ -640,6 +657,7 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
             run.record("pending")
     if pending:  # a rejected key stops the run here, before any upload or submit
         await provider.check_auth([run.job.endpoint for run in pending])
+        await _check_prices([run.job for run in pending], provider, ctx)
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
     locks: dict[str, asyncio.Lock] = {}
     try:

@@ -491,8 +491,9 @@ def test_billed_cost_is_units_times_fal_unit_price(film, tmp_path, monkeypatch, 
     assert summary["estimated_usd"] == pytest.approx(
         sum(log["estimate_usd"] for log in got.values()), abs=1e-4
     )
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "fal billed" in line]
-    assert len(warnings) == 1 and i2v in warnings[0] and "model config estimates" in warnings[0]
+    # Warned once, before anything was spent, from fal's price × the shot's seconds.
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "model config estimates" in line]
+    assert len(warnings) == 1 and i2v in warnings[0] and "fal's unit price gives" in warnings[0]
     plan = (film / "video/plan.md").read_text()
     assert f"${summary['billed_usd']:.2f} billed" in plan and "~$" not in plan
 
