@@ -286,6 +286,8 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     """The whole command, minus Hydra: returns (exit status, summary)."""
     paths = resolve_paths(cfg, run_dir, sweep_member)
     plan, problems, warnings = build_plan(cfg, paths)
+    if problems and not plan.jobs and not plan.errors:  # nothing left to render: all of it is bad input
+        raise InputError("\n".join(problems))
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if plan.errors:

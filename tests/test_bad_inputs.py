@@ -121,6 +121,15 @@ def test_a_bad_image_is_one_line_exit_2_and_nothing_is_uploaded(fal, tmp_path, k
     assert calls.get("upload", 0) == 0 and calls.get("submit", 0) == 0, calls
 
 
+def test_an_image_that_is_a_directory_is_one_line_exit_2(fal, tmp_path) -> None:
+    (tmp_path / "frames").mkdir()
+    proc = run_cli(fal, tmp_path, "manifest.prompt=A slow pan", f"manifest.image={tmp_path / 'frames'}")
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    [line] = _error_lines(proc)
+    assert "is a directory" in line and "frames" in line
+    assert not [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+
+
 def test_an_oversized_prompt_is_one_line_exit_2_and_nothing_is_submitted(fal, tmp_path) -> None:
     before = dict(fal.stats.calls)
     proc = run_cli(fal, tmp_path, "manifest.prompt=" + "a" * 120, "max_prompt_chars=100")
