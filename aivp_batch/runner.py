@@ -87,6 +87,7 @@ class _JobRun:
     def __init__(self, job: Job, ctx: RunContext, provider: Provider) -> None:
         self.job, self.ctx, self.provider = job, ctx, provider
         self.log: dict[str, Any] = initial_log(job, ctx)
+        self._paid: Mapping[str, Any] | None = None  # the done record a rerender may fail to replace
         self.t0 = time.monotonic()
         self._slot: asyncio.Semaphore | None = None
 
@@ -125,10 +126,11 @@ class _JobRun:
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
-        rerender = any(shot.id in self.ctx.rerender for shot in self.job.shots)
-        if not rerender and (edited := self._edited_deliveries(record)):
+        if not self.rerender and (edited := self._edited_deliveries(record)):
             return self._keep(edited)
-        if record.get("status") == DONE and not rerender:
+        if record.get("status") == DONE:
+            self._paid = record
+        if record.get("status") == DONE and not self.rerender:
             if await self._restore(record):
                 return self._reuse(self.ctx.journal.get(self.job.identity) or record)
             return self.fail(
@@ -150,6 +152,19 @@ class _JobRun:
             return await self._submit(record)
         finally:
             self._release_slot()
+
+    def _journal_failure(self, record: Mapping[str, Any], exc: BaseException) -> None:
+        """A final failure. A failed rerender leaves the clip it was to replace as the job's record:
+        that clip is paid for and still delivered, so the next run must not buy it again."""
+        if self._paid is not None:
+            self.ctx.journal.put(self.job.identity, {**self._paid, "rerender_error": str(exc)})
+        else:
+            self.ctx.journal.put(self.job.identity, {**record, "status": FAILED, "error": str(exc)})
+
+    @property
+    def rerender(self) -> bool:
+        """Asked for again (`rerender=`): rendered and paid for although a finished clip exists."""
+        return any(shot.id in self.ctx.rerender for shot in self.job.shots)
 
     def _edited_deliveries(self, record: Mapping[str, Any]) -> list[Path]:
         """Delivered clips whose bytes are neither this job's stored clip nor the one last delivered
@@ -233,7 +248,7 @@ class _JobRun:
         try:
             submission = await self.provider.submit(job.endpoint, payload)
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
-            self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
+            self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit not accepted")
             return self.fail(str(exc), attempts=attempts)
         except TransientError as exc:  # it may have reached the provider: never resubmit blindly
@@ -243,7 +258,7 @@ class _JobRun:
             self.record("unknown", attempts=attempts, error=f"submit outcome unknown: {exc}")
             return await self._resolve_lost(lost)
         except ProviderError as exc:
-            self.ctx.journal.put(job.identity, {**base, "status": FAILED, "error": str(exc)})
+            self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit refused")
             return self.fail(str(exc), attempts=attempts)
         journal = self.ctx.journal.put(
@@ -368,7 +383,7 @@ class _JobRun:
         except RequestFailed as exc:
             if fallback is not None and exc.status_code == 404:  # the queue forgot it; the history did not
                 return await self._finish(submission, record, fallback)
-            self.ctx.journal.put(job.identity, {**record, "status": FAILED, "error": str(exc)})
+            self._journal_failure(record, exc)
             if exc.may_be_billed:  # it had started: count the estimate rather than assume it was free
                 await ledger.settle(job.key, job.identity, job.estimate_usd, "estimate")
             else:
@@ -650,7 +665,9 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
 async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list[JobResult]:
     """Run every job with at most `max_in_flight` in flight; per-job failures are results, not raises."""
     runs = [_JobRun(job, ctx, provider) for job in jobs]
-    pending = [run for run in runs if (ctx.journal.get(run.job.identity) or {}).get("status") != DONE]
+    pending = [
+        run for run in runs if run.rerender or (ctx.journal.get(run.job.identity) or {}).get("status") != DONE
+    ]
     for run in pending:
         # New shots show up as pending at once; a shot with a log keeps it until its state changes.
         if not any(shot.id in ctx.board.delivered or ctx.board.has(shot.id) for shot in run.job.shots):

@@ -702,7 +702,7 @@ class SchemaStore:
     def _fetch(self, endpoint_id: str) -> EndpointSchema:
         document = self.fetch_document(endpoint_id)
         try:
-            schema = EndpointSchema(endpoint_id, document, source=f"live {self.url_for(endpoint_id)}")
+            schema = EndpointSchema(endpoint_id, document, source=f"live ({self.schema_url})")
         except ValueError as exc:
             raise _Unavailable(str(exc)) from None
         self._write_cache(endpoint_id, schema)

@@ -513,3 +513,28 @@ def test_upload_cache_is_per_storage_host(fal, film, tmp_path, monkeypatch) -> N
         code, _ = run_in_process(overrides, tmp_path / "run2", monkeypatch)
         assert code == 0 and staging.stats.calls["upload"] == 1
         assert logs(film)["shot-01"]["payload"]["image_url"].startswith(staging.url)
+
+
+def test_a_failed_rerender_keeps_the_paid_clip_as_the_record(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0
+    clip = (film / "video/clips/shot-03.mp4").read_bytes()
+    fal.faults.add(Fault("fail_generation", on="submit", times=1))
+    code, _ = run_in_process(
+        fal_overrides(fal, film, tmp_path, "rerender=[3]"), tmp_path / "run2", monkeypatch
+    )
+    assert code == 1 and fal.stats.calls["submit"] == 5
+    assert (film / "video/clips/shot-03.mp4").read_bytes() == clip  # the paid clip stays delivered
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run3", monkeypatch)
+    assert code == 0 and fal.stats.calls["submit"] == 5  # and is not bought again
+    assert logs(film)["shot-03"]["status"] == "done"
+
+
+def test_a_rerender_checks_the_key_before_anything_is_sent(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 0
+    uploads = fal.stats.calls["upload"]
+    with pytest.raises(AuthError):
+        overrides = fal_overrides(fal, film, tmp_path, "rerender=[2]")
+        run_in_process(overrides, tmp_path / "run2", monkeypatch, key="wrong")
+    assert fal.stats.calls["submit"] == 4 and fal.stats.calls["upload"] == uploads

@@ -325,7 +325,7 @@ def test_offline_without_cache_uses_the_bundled_snapshot(fal: SchemaServer, tmp_
 
 def test_resolution_order_live_then_cache_then_bundled(fal: SchemaServer, tmp_path: Path) -> None:
     live = SchemaStore(fal.url, tmp_path / "cache").get(VEO)
-    assert live.source.startswith("live http://127.0.0.1:") and fal.requests == [VEO]
+    assert live.source.startswith("live (http://127.0.0.1:") and fal.requests == [VEO]
     fal.overrides[VEO] = (503, b"down")
     stale = SchemaStore(fal.url, tmp_path / "cache", ttl_s=0)
     assert stale.get(VEO).source.startswith("cached copy (fetched ") and "HTTP 503" in stale.warnings[0]
