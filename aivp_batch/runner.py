@@ -382,7 +382,7 @@ class _JobRun:
             outcome = await self._wait_or_cancel(submission)
         except RequestFailed as exc:
             if fallback is not None and exc.status_code == 404:  # the queue forgot it; the history did not
-                return await self._finish(submission, record, fallback)
+                return await self._finish(submission, {**record, "result_from": "request history"}, fallback)
             self._journal_failure(record, exc)
             if exc.may_be_billed:  # it had started: count the estimate rather than assume it was free
                 await ledger.settle(job.key, job.identity, job.estimate_usd, "estimate")

@@ -538,3 +538,20 @@ def test_a_rerender_checks_the_key_before_anything_is_sent(fal, film, tmp_path, 
         overrides = fal_overrides(fal, film, tmp_path, "rerender=[2]")
         run_in_process(overrides, tmp_path / "run2", monkeypatch, key="wrong")
     assert fal.stats.calls["submit"] == 4 and fal.stats.calls["upload"] == uploads
+
+
+def test_a_reconciled_request_whose_queue_result_expired_is_fetched_from_the_history(
+    film, tmp_path, monkeypatch
+) -> None:
+    with FakeFal(key=KEY, latency_s=0.2, result_ttl_s=0.05) as fal:
+        fal.faults.add(Fault("reset_after", on="submit", times=1))
+        extra = ["shots=[3]"]  # the second look (0.5 s on) comes after the result expired
+        code, summary = run_in_process(
+            fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run", monkeypatch
+        )
+        assert code == 0, summary
+        log = logs(film)["shot-03"]
+        assert log["status"] == "done" and log["request_id"] in fal.jobs
+        assert fal.stats.calls["submit"] == 1 and fal.stats.billed_requests == 1
+        [record] = journal(film)
+        assert record["reconciled"] == "request history" and record["result_from"] == "request history"

@@ -228,6 +228,8 @@ class FakeFal:
     it never started, so it is neither billed nor listed in the history. A value that is not a
     number > 0.1 is refused at submit with 400 `bad_request`.
 
+    `result_ttl_s`: seconds a completed request's status and result stay in the queue (fal keeps
+    them about an hour); after that they answer 404, while the history keeps its output.
     `history_lag_s`: a request appears in `/v1/models/requests/by-endpoint` only once it has
     started and this many more seconds have passed (fal's undocumented listing delay).
     `prices`: endpoint id -> (unit_price, unit) served by `/v1/models/pricing` (others absent).
@@ -252,6 +254,7 @@ class FakeFal:
         token_ttl_s: float = 3600.0,
         verbose: bool = False,
         history_lag_s: float = 0.0,
+        result_ttl_s: float | None = None,
         prices: dict[str, tuple[float, str]] | None = None,
         billable_units: Callable[[Any], float | None] | None = None,
     ) -> None:
@@ -267,6 +270,7 @@ class FakeFal:
         self.token_ttl_s = token_ttl_s
         self.verbose = verbose
         self.history_lag_s = history_lag_s
+        self.result_ttl_s = result_ttl_s
         self.prices: dict[str, tuple[float, str]] = dict(prices or {})
         self.billable_units = billable_units
         self.stats = FalStats()
@@ -950,7 +954,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _job(self, app: str, rid: str) -> Job:
         job = self.fal.jobs.get(rid)
-        if job is None or job.app != app:
+        ttl, now = self.fal.result_ttl_s, time.monotonic()
+        expired = (
+            job is not None and ttl is not None and job.completed(now) and now > job.timeline[-1].at + ttl
+        )
+        if job is None or job.app != app or expired:
             self._json(404, {"status": "NOT_FOUND"})
             raise _Answered
         return job
