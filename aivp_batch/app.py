@@ -8,8 +8,10 @@ or was not rendered, 2 for bad input (nothing was spent).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
+import re
 import signal
 import sys
 import uuid
@@ -20,7 +22,9 @@ from typing import Any
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .auto_model import auto_model_spec, is_auto
 from .budget import Ledger
+from .config_check import check_config, check_writable_dir, models_allowing
 from .errors import AuthError, ConfigError, InputError
 from .files import atomic_write_text
 from .keys import find_key, how_to_set
@@ -30,7 +34,7 @@ from .planning import Job, Plan, plan_jobs
 from .progress import Progress
 from .providers.base import Provider
 from .reconcile import ReconcilePolicy
-from .records import Journal, PlanBoard, UploadCache, now_iso, relpath
+from .records import Journal, PlanBoard, UploadCache, now_iso, read_logs, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import EndpointSchema, SchemaStore
 from .store_lock import StoreLock
@@ -74,6 +78,18 @@ def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) ->
     return Paths(project, output, store, run_dir)
 
 
+def check_output_dirs(cfg: DictConfig, paths: Paths) -> None:
+    """The output and store folders must be folders this process can write in: made and probed
+    before a real run submits anything (a dry run, which writes neither, only checks)."""
+    create = not cfg.dry_run
+    for key, path, subdirs in (
+        ("output_dir", paths.output_dir, ("clips", "log")),
+        ("store_dir", paths.store_dir, ("jobs", "clips")),
+    ):
+        label = f"{key}={cfg.get(key)}" if cfg.get(key) else f"{key} (default {path})"
+        check_writable_dir(path, label, create=create, subdirs=subdirs)
+
+
 def aivp_home() -> Path:
     """The user's own aivp folder: `$AIVP_HOME`, else `~/.aivp` (also where keys.py looks for .env)."""
     return Path(os.environ.get("AIVP_HOME") or Path.home() / ".aivp").expanduser().resolve()
@@ -87,7 +103,12 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
             f"provider={provider.get('name')} is reserved and not available yet; "
             "use provider=fal or provider=preview"
         )
-    spec = build_model_spec(_container(cfg.model), provider, str(cfg.tier.name), _container(cfg.settings))
+    # A setting left at its declared default (null) keeps the tier's value.
+    settings = {k: v for k, v in _container(cfg.settings).items() if v is not None}
+    if is_auto(cfg.model):  # model=auto: the field map is derived from the endpoint's own schema
+        spec = auto_model_spec(cfg, provider, settings, schema_store(cfg))
+    else:
+        spec = build_model_spec(_container(cfg.model), provider, str(cfg.tier.name), settings)
     board = load_shots(_container(cfg.manifest), paths.project_dir)
     if cfg.shots is not None:
         board = select_shots(board, list(cfg.shots) if OmegaConf.is_list(cfg.shots) else cfg.shots)
@@ -103,8 +124,18 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
         payload_extra=_container(cfg.payload_extra),
         rng=random.Random(),
         max_prompt_chars=cfg.get("max_prompt_chars"),
+        previous_seeds=recorded_seeds(paths.output_dir),
     )
     return plan, problems, list(board.warnings)
+
+
+def recorded_seeds(output_dir: Path) -> dict[str, int]:
+    """Each shot's seed as its log recorded it: a shot rendered again without `seed=` keeps it."""
+    return {
+        str(log["id"]): log["seed"]
+        for log in read_logs(output_dir / "log")
+        if isinstance(log.get("seed"), int) and log.get("id")
+    }
 
 
 def schema_store(cfg: DictConfig) -> SchemaStore:
@@ -138,16 +169,83 @@ def make_provider(cfg: DictConfig, paths: Paths) -> Provider:
     return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
 
 
-def format_plan(plan: Plan) -> str:
-    lines = [f"{'shot':<10} {'mode':<4} {'dur':>4}  {'est $':>7}  endpoint"]
+def format_plan(plan: Plan, model: str | None = None) -> str:
+    """The dry run's table, in shot order: one row per job, and one marked ERR, with a hint where
+    one helps, for each shot that cannot be planned (`model`: the model chosen, for the hint)."""
+    rows: list[tuple[float, list[str]]] = []
     for job in plan.jobs:
-        lines.append(
+        lines = [
             f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}"
-        )
+        ]
         if job.duration_note:
             lines.append(f"{'':<10} note: {job.duration_note}")
+        rows.append((job.shots[0].number if job.shots else math.inf, lines))
+    for error in plan.errors:
+        key, message = _plan_error(error)
+        lines = [f"{key:<10} {'ERR':<4} {'':>4}  {'':>7}  {message}"]
+        if hint := plan_error_hint(message, plan, model):
+            lines.append(f"{'':<10} hint: {hint}")
+        number = re.search(r"(\d+)$", key)
+        rows.append((int(number.group(1)) if number else math.inf, lines))
+    lines = [f"{'shot':<10} {'mode':<4} {'dur':>4}  {'est $':>7}  endpoint"]
+    lines += [line for _, row in sorted(rows, key=lambda r: r[0]) for line in row]
     lines.append(f"{'total':<10} {'':<4} {sum(j.duration_s for j in plan.jobs):>3}s  {plan.total_usd:>7.2f}")
+    if plan.errors:
+        one = len(plan.errors) == 1
+        lines.append(
+            f"{len(plan.errors)} shot{'' if one else 's'} marked ERR cannot be rendered as planned: "
+            f"nothing is submitted until {'it is' if one else 'they are'} fixed or left out"
+        )
     return "\n".join(lines)
+
+
+def _plan_error(error: str) -> tuple[str, str]:
+    """`shot-02 (shot-02.md): what is wrong` → ("shot-02", "what is wrong")."""
+    match = re.match(r"^(?P<key>[^\s:()]+)(?: \([^)]*\))?: (?P<message>.*)$", error, re.DOTALL)
+    return (match.group("key"), match.group("message")) if match else ("?", error)
+
+
+def plan_error_hint(message: str, plan: Plan, model: str | None = None) -> str | None:
+    """What to do about a shot longer than the model allows: leave it out, another model, or split it."""
+    longer = re.search(r"duration (\d+(?:\.\d+)?)s is longer than .*\(allowed: ([\d, ]+)\)", message)
+    if not longer:
+        return None
+    seconds, allowed = float(longer.group(1)), [int(d) for d in re.findall(r"\d+", longer.group(2))]
+    ways = []
+    if plan.jobs:
+        others = [str(n) if (n := _shot_number(j.key)) is not None else j.key for j in plan.jobs]
+        ways.append(f"shots=[{','.join(others)}] renders the others")
+    models = [(name, top) for name, top in models_allowing(seconds) if name != model]
+    if models:
+        ways.append("a model that allows it: " + ", ".join(f"model={n} (up to {t}s)" for n, t in models[:3]))
+    ways.append(
+        f"or split the shot into shots of at most {max(allowed)}s (the multi-shot mode will offer this split)"
+    )
+    return "; ".join(ways)
+
+
+def _shot_number(key: str) -> int | None:
+    match = re.fullmatch(r"shot-(\d+)", key)
+    return int(match.group(1)) if match else None
+
+
+def budget_warning(plan: Plan, budget: float) -> str:
+    """`the plan's estimate $8.40 exceeds budget_usd=5: 7 of 10 shots fit $5.00; not submitted:
+    shot-08, …` — the shots are reserved in plan order and one that would pass the budget is
+    skipped (a later, cheaper one may still fit), as the ledger does."""
+    committed, fit, left_out = 0.0, 0, []
+    for job in plan.jobs:
+        if committed + job.estimate_usd <= budget + 1e-9:
+            committed += job.estimate_usd
+            fit += len(job.shots)
+        else:
+            left_out.extend(shot.id for shot in job.shots)
+    total = fit + len(left_out)
+    names = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+    return (
+        f"the plan's estimate ${plan.total_usd:.2f} exceeds budget_usd={budget:g}: {fit} of {total} "
+        f"shots fit ${budget:.2f}; not submitted: {names} (raise budget_usd or pick another tier/model)"
+    )
 
 
 def format_schemas(schemas: dict[str, EndpointSchema]) -> str:
@@ -284,22 +382,22 @@ def _container(node: Any) -> dict[str, Any]:
 
 def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int, dict[str, Any]]:
     """The whole command, minus Hydra: returns (exit status, summary)."""
+    config_warnings = check_config(cfg)  # every knob's type, range and name, before anything else
     paths = resolve_paths(cfg, run_dir, sweep_member)
+    check_output_dirs(cfg, paths)
     plan, problems, warnings = build_plan(cfg, paths)
+    warnings[:0] = config_warnings
     if problems and not plan.jobs and not plan.errors:  # nothing left to render: all of it is bad input
         raise InputError("\n".join(problems))
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    if plan.errors:
+    if plan.errors and not cfg.dry_run:
         raise InputError("\n".join(plan.errors))
     store = schema_store(cfg)
     schemas = validate_jobs(plan.jobs, store)
     budget = _budget(cfg)
     if budget is not None and plan.total_usd > budget:
-        warnings.append(
-            f"the plan's estimate ${plan.total_usd:.2f} exceeds budget_usd={budget:g}: jobs past "
-            "the budget will not be submitted (raise budget_usd or pick another tier/model)"
-        )
+        warnings.append(budget_warning(plan, budget))
     for warning in [*warnings, *store.warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     summary: dict[str, Any] = {
@@ -314,9 +412,11 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     }
     summary["plan"] = plan_json(plan, schemas, paths)
     if cfg.dry_run:
-        text = format_plan(plan) + "\n" + format_schemas(schemas)
+        text = "\n".join(filter(None, [format_plan(plan, str(cfg.model.name)), format_schemas(schemas)]))
         print(text)
         atomic_write_text(run_dir / "plan.txt", text + "\n")
+        if plan.errors:  # the whole plan is shown, and still nothing can be submitted: bad input
+            raise InputError("\n".join(plan.errors))
         return (EXIT_FAILED if problems else EXIT_OK), summary
     # One run at a time per store, held from before the first request until the last record.
     with StoreLock(paths.store_dir, _lock_wait(cfg)):

@@ -75,6 +75,7 @@ class Ledger:
                 **fields,
             },
             sort_keys=True,
+            ensure_ascii=False,
         )
         if self._file is None:  # one handle for the run: an open per event costs more than the write
             ensure_dir(self.path.parent)

@@ -4,16 +4,22 @@ line around `app.run`. See `app.py` for what a run does and its exit statuses.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from .app import EXIT_BAD_INPUT, EXIT_FAILED, run
+from . import __version__
+from .app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run
+from .config_check import unknown_key, unknown_setting
 from .errors import AivpError, AuthError, InputError, SchemaUnavailable
 from .files import atomic_write_text
 from .keys import find_key, redact
@@ -51,16 +57,109 @@ def user_conf_problems() -> tuple[str | None, list[str]]:
     return error, notes
 
 
+def version_line() -> str:
+    try:
+        from importlib.metadata import version
+
+        ours = version("aivp-batch")
+    except Exception:  # not installed as a distribution (a bare checkout on sys.path)
+        ours = __version__
+    return f"aivp-batch {ours} (Hydra {hydra.__version__}, Python {sys.version.split()[0]})"
+
+
+def override_problem(argv: list[str]) -> str | None:
+    """One line for an override Hydra cannot parse, or a sweep (`a,b`) given without `-m`, before
+    Hydra prints its own multi-line report. The parsing is Hydra's own (its argument and override
+    parsers), so what passes here is what Hydra accepts."""
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import OverrideParseException
+    except ImportError:  # another Hydra: leave it all to Hydra (and `hydra_error_line`)
+        return None
+    parser = get_args_parser()
+    parser.exit_on_error = False  # a bad flag (`--cfg nope`) is one line too, not usage + error
+    try:
+        args, _ = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        return str(exc)
+    if args.shell_completion:
+        return None
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except OverrideParseException as exc:
+        detail = "; ".join(line.strip() for line in exc.message.splitlines() if line.strip())
+        return f"cannot read the override {exc.override!r}: {detail}"
+    if args.multirun:
+        return None
+    for override in overrides:
+        if not override.is_sweep_override():
+            continue
+        line = override.input_line or ""
+        key, _, value = line.partition("=")
+        if override.value_type is not None and override.value_type.name == "SIMPLE_CHOICE_SWEEP":
+            return (
+                f"{line}: the comma splits the value in two; quote it for Hydra inside the shell's "
+                f"quotes, '{key}=\"{value}\"', or add -m to sweep over the values"
+            )
+        return f"{line}: a sweep needs -m (--multirun)"
+    return None
+
+
+def hydra_error_line(exc: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config."""
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause) and cause.full_key:
+        key = str(cause.full_key)
+        return (
+            unknown_setting(key.removeprefix("settings."))
+            if key.startswith("settings.")
+            else unknown_key(key)
+        )
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, MissingConfigException):
+        lines = lines[:1]  # the rest lists the search path: `--info searchpath` shows it
+    if isinstance(cause, OmegaConfBaseException) and (more := str(cause).strip().splitlines()):
+        lines.append(more[0])
+    return "; ".join(lines) or type(exc).__name__
+
+
 def main() -> None:
     """The console entry point: `python -m aivp_batch` / `aivp-batch`."""
+    argv = sys.argv[1:]
+    if "--version" in argv:
+        print(version_line())
+        sys.exit(EXIT_OK)
     problem, notes = user_conf_problems()
     for note in notes:
         print(f"aivp-batch: note: {note}", file=sys.stderr)
-    problem = problem or unknown_choice(sys.argv[1:])
+    problem = problem or unknown_choice(argv) or override_problem(argv)
     if problem:
         print(f"aivp-batch: error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    hydra_main()
+    if _user_wants_tracebacks():
+        hydra_main()
+        return
+    # Hydra prints its own errors over several lines and exits 1; with HYDRA_FULL_ERROR it raises
+    # them instead, so a config that cannot be composed becomes one line and exit 2 here.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ[_SET_BY_US] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"aivp-batch: error: {hydra_error_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        os.environ.pop(_SET_BY_US, None)
+
+
+_SET_BY_US = "AIVP_BATCH_SET_HYDRA_FULL_ERROR"  # so a launcher's worker process can tell too
+
+
+def _user_wants_tracebacks() -> bool:
+    """HYDRA_FULL_ERROR set by the user (not by `main`): Hydra's full tracebacks, as Hydra does."""
+    return bool(os.environ.get("HYDRA_FULL_ERROR")) and not os.environ.get(_SET_BY_US)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -81,10 +180,23 @@ def hydra_main(cfg: DictConfig) -> int:
         )
         for line in summary["error"].splitlines():
             print(f"aivp-batch: error: {line}", file=sys.stderr)
+    except OSError as exc:  # a file the run needed, or a full disk: one line, not a traceback
+        if _user_wants_tracebacks():
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        code, summary = EXIT_FAILED, {"error": redact(f"{where}{exc.strerror or exc}", secrets)}
+        print(f"aivp-batch: error: {summary['error']}", file=sys.stderr)
     summary.update(exit_status=code, choices=dict(hc.runtime.choices))
-    atomic_write_text(
-        run_dir / "summary.json", redact(json.dumps(summary, indent=2, default=str), secrets) + "\n"
-    )
+    try:
+        atomic_write_text(
+            run_dir / "summary.json",
+            redact(json.dumps(summary, indent=2, default=str, ensure_ascii=False), secrets) + "\n",
+        )
+    except OSError as exc:  # a full disk must not turn the run's own report into a traceback
+        print(
+            f"aivp-batch: warning: {run_dir / 'summary.json'} not written ({exc.strerror or exc})",
+            file=sys.stderr,
+        )
     if not multirun:
         sys.exit(code)
     return code  # a sweep goes on to its other members; each records its own exit_status

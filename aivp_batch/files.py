@@ -13,6 +13,16 @@ from typing import Any
 _MADE: set[Path] = set()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes files 0600; what we write is ordinary output and gets the user's usual mode.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def ensure_dir(path: Path) -> Path:
     """mkdir -p, once per folder per process (file-system calls are the runner's main cost)."""
     if path not in _MADE:
@@ -26,6 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if durable:
@@ -53,6 +64,7 @@ def dumps(data: Mapping[str, Any], *, pretty: bool = True) -> str:
     if not pretty:
         return json.dumps(data, ensure_ascii=False, default=str) + "\n"
     items = [
-        f"  {json.dumps(str(k))}: {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in data.items()
+        f"  {json.dumps(str(k), ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False, default=str)}"
+        for k, v in data.items()
     ]
     return "{\n" + ",\n".join(items) + "\n}\n"

@@ -14,7 +14,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,16 @@ from .errors import ConfigError
 from .media import sha256_file
 from .models import DEFAULT_MIN_IMAGE_PX, FLF, I2V, REF, T2V, ModelSpec, ModeSpec
 from .pricing import estimate_usd, priced_keys
-from .storyboard import Shot
+from .storyboard import Shot, portrait_angle, portrait_owner
 
 DEFAULT_ASPECT = "16:9"
 DEFAULT_DURATION_S = 5
 DEFAULT_MAX_PROMPT_CHARS = 20000  # config.yaml `max_prompt_chars`; far above any real prompt
 _TEXT_FIELDS = ("prompt", "negative_prompt")  # generic fields the size cap applies to
+_DURATION_TEXT = re.compile(r"\(\s*Duration\s*[:：]\s*\d+(?:\.\d+)?\s*s\s*\)", re.IGNORECASE)
 _CN_IMAGE_REF = re.compile(r"@(?:图片|图|image_file_|Image|image)(\d+)")
+_ELEMENT_SHAPES = ("element", "frontal_image")  # Kling elements: one per character
+_FRONT_ANGLES = ("front", "frontal", "face")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Job:
     file_hashes: dict[str, str] = field(default_factory=dict)
     seed_field: str | None = None  # None: the endpoint takes no seed (it is recorded, not sent)
     min_image_px: int = DEFAULT_MIN_IMAGE_PX  # the model's floor for input image sides
+    rules: tuple[Any, ...] = ()  # models.PayloadRule: list limits the validator checks
+    notes: tuple[str, ...] = ()  # what the plan should say: inputs the model does not take
 
     @property
     def prompt(self) -> str:
@@ -83,6 +88,7 @@ def plan_jobs(
     payload_extra: Mapping[str, Any] | None = None,
     rng: random.Random | None = None,
     max_prompt_chars: int | None = None,
+    previous_seeds: Mapping[str, int] | None = None,
 ) -> Plan:
     """Turn shots into jobs for one model; problems are collected, one line per shot.
     `max_prompt_chars` caps each prompt's length (None: DEFAULT_MAX_PROMPT_CHARS)."""
@@ -106,6 +112,7 @@ def plan_jobs(
                     character_refs=character_refs,
                     payload_extra=payload_extra or {},
                     max_prompt_chars=cap,
+                    previous_seed=(previous_seeds or {}).get(shot.id),
                 )
             )
         except ConfigError as exc:
@@ -124,14 +131,24 @@ def _plan_shot(
     character_refs: bool,
     payload_extra: Mapping[str, Any],
     max_prompt_chars: int,
+    previous_seed: int | None = None,
 ) -> Job:
     mode_spec = choose_mode(shot, spec, character_refs)
     variant, prompt = pick_prompt(shot, spec)
-    if mode_spec.mode == REF and mode_spec.ref_token:
-        prompt = reference_prompt(prompt, shot, mode_spec.ref_token)
+    refs = character_references(shot, mode_spec, prompt, character_refs)
+    if refs is not None and mode_spec.ref_token:
+        prompt = reference_prompt(prompt, shot, mode_spec.ref_token, refs)
     duration, note = fit_duration(shot, mode_spec, duration_policy)
-    job_seed = seed if seed is not None else rng.randrange(0, 2**31 - 1)
+    if note:  # the prompt must not promise the old length: "(Duration: 6s)" → "(Duration: 10s)"
+        prompt = _DURATION_TEXT.sub(f"(Duration: {_fmt(duration)}s)", prompt)
+    # No seed given: the shot keeps the one it was last rendered with, so a changed input (an edited
+    # keyframe) changes only that input; a new shot draws one.
+    if seed is not None:
+        job_seed = seed
+    else:
+        job_seed = previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
     generic = _generic_values(shot, mode_spec, prompt, duration, job_seed)
+    generic["character_refs"] = refs
     payload, files = build_payload(mode_spec, generic)
     payload.update(payload_extra)
     check_text_sizes(shot, mode_spec, payload, max_prompt_chars)
@@ -154,6 +171,7 @@ def _plan_shot(
         aspect_ratio=aspect,
     )
     hashes = {key: _hash_input(shot, path) for key, path in files.items()}
+    notes = unused_inputs(shot, spec.name, mode_spec.mode, files.values())
     seed_spec = mode_spec.fields.get("seed")
     identity = job_identity(
         provider,
@@ -185,7 +203,21 @@ def _plan_shot(
         file_hashes=hashes,
         seed_field=seed_spec.field if seed_spec else None,
         min_image_px=spec.min_image_px,
+        notes=notes,
+        rules=mode_spec.rules,
     )
+
+
+def unused_inputs(shot: Shot, model: str, mode: str, sent: Iterable[Path]) -> tuple[str, ...]:
+    """The shot's images that this model's payload does not carry (Sora ignores an end frame)."""
+    used = set(sent)
+    notes = []
+    if shot.end_frame is not None and shot.end_frame not in used:
+        notes.append(f"end frame {shot.end_frame.name} not used: model={model} takes none in {mode}")
+    unused = [p.name for p in shot.character_refs if p not in used]
+    if unused:
+        notes.append(f"portraits {', '.join(unused)} not used by model={model} in {mode}")
+    return tuple(notes)
 
 
 def check_text_sizes(shot: Shot, mode_spec: ModeSpec, payload: Mapping[str, Any], cap: int) -> None:
@@ -271,8 +303,112 @@ def pick_prompt(shot: Shot, spec: ModelSpec) -> tuple[str, str]:
     raise ConfigError(f"{_where(shot)}: no motion prompt for model={spec.name}")
 
 
-def reference_prompt(prompt: str, shot: Shot, token: str) -> str:
+@dataclass(frozen=True)
+class Portraits:
+    """One character's portraits, as one Kling element: the front view and the other angles."""
+
+    name: str
+    frontal: Path
+    others: tuple[Path, ...] = ()
+
+
+def character_references(
+    shot: Shot, mode_spec: ModeSpec, prompt: str, enabled: bool = True
+) -> list[Any] | None:
+    """The shot's portraits as the mode takes them: one `Portraits` per character, in the order the
+    prompt introduces them, for Kling elements; else the files themselves. None when the mode takes
+    no references (a REF mode was only chosen with references on).
+
+    Where references are the point (REF), every character goes in and the validator's rules refuse
+    an incomplete one. Where they only help (an image-to-video endpoint that also takes elements,
+    Kling 3.0's: the keyframe already shows the characters), a character with no portrait besides
+    the front one is left out, and the plan notes its portrait as not used."""
+    fspec = mode_spec.fields.get("character_refs")
+    if fspec is None or not shot.character_refs or not (enabled or mode_spec.mode == REF):
+        return None
+    if fspec.shape not in _ELEMENT_SHAPES:
+        return list(shot.character_refs)
+    groups = group_portraits(shot)
+    if mode_spec.mode != REF:
+        groups = [g for g in groups if g.others]
+    return _order_by_prompt(groups, prompt, shot) or None
+
+
+def group_portraits(shot: Shot) -> list[Portraits]:
+    """Group the shot's portrait files by character (the file-stem rule of `find_character_refs`);
+    `<name>-front.*` is the frontal view (else the first file), every other angle a reference."""
+    groups: dict[str, list[Path]] = {}
+    for path in shot.character_refs:
+        owner = portrait_owner(path, shot.characters)
+        if owner is None:  # listed by hand (manifest): the stem without its angle names the character
+            stem = path.stem
+            angle = portrait_angle(path, None)
+            owner = stem[: -len(angle) - 1] if angle and len(angle) < len(stem) else stem
+        groups.setdefault(owner, []).append(path)
+    out = []
+    for name, paths in groups.items():
+        fronts = [p for p in paths if portrait_angle(p, name).lower() in _FRONT_ANGLES]
+        frontal = fronts[0] if fronts else paths[0]
+        out.append(Portraits(name, frontal, tuple(p for p in paths if p != frontal)))
+    return out
+
+
+def _name_pattern(name: str) -> re.Pattern[str]:
+    words = [re.escape(w) for w in re.split(r"[\s_-]+", name.strip().lstrip("@")) if w]
+    return re.compile(r"(?<![\w@])(@?)" + r"[\s_-]+".join(words) + r"(?!\w)", re.IGNORECASE)
+
+
+def _order_by_prompt(groups: list[Portraits], prompt: str, shot: Shot) -> list[Portraits]:
+    """Characters in the order the prompt first names them (or points at one of their portraits
+    with @图片N / @ImageN); the ones it never names follow in the shot's order."""
+
+    def first_mention(group: Portraits) -> float:
+        found = [m.start() for m in [_name_pattern(group.name).search(prompt)] if m]
+        for m in _CN_IMAGE_REF.finditer(prompt):
+            path = _nth(shot.character_refs, int(m.group(1)))
+            if path is not None and path in (group.frontal, *group.others):
+                found.append(m.start())
+        return min(found, default=math.inf)
+
+    return sorted(groups, key=first_mention)  # stable: unnamed ones keep the shot's order
+
+
+def _nth(paths: Sequence[Path], n: int) -> Path | None:
+    return paths[n - 1] if 1 <= n <= len(paths) else None
+
+
+def _element_prompt(prompt: str, shot: Shot, token: str, groups: list[Portraits]) -> str:
+    """Name each character's element in the prompt: `@Name` becomes `@ElementN`, else its first
+    mention gets `(@ElementN)` after it; @图片N pointing at a portrait becomes its character's
+    element; a character the prompt never names is listed on a last line."""
+    if re.search(re.escape(token.format(n=1)), prompt):
+        return prompt  # the author numbered the elements already
+    index = {p: i for i, g in enumerate(groups, start=1) for p in (g.frontal, *g.others)}
+
+    def image_ref(m: re.Match[str]) -> str:
+        n = index.get(_nth(shot.character_refs, int(m.group(1))))  # type: ignore[arg-type]
+        return token.format(n=n if n is not None else m.group(1))
+
+    text = _CN_IMAGE_REF.sub(image_ref, prompt)
+    unnamed = []
+    for i, group in enumerate(groups, start=1):
+        tok = token.format(n=i)
+        pattern = _name_pattern(group.name)
+        text = pattern.sub(lambda m, tok=tok: tok if m.group(1) else m.group(0), text)
+        if tok in text:
+            continue
+        match = pattern.search(text)
+        if match:
+            text = f"{text[: match.end()]} ({tok}){text[match.end() :]}"
+        else:
+            unnamed.append(f"{tok}: {group.name}")
+    return f"{text}\n{'; '.join(unnamed)}" if unnamed else text
+
+
+def reference_prompt(prompt: str, shot: Shot, token: str, refs: Sequence[Any] | None = None) -> str:
     """Point the prompt's character references at the uploaded portraits (@Image1, @Element1…)."""
+    if refs and isinstance(refs[0], Portraits):
+        return _element_prompt(prompt, shot, token, list(refs))
     rewritten = _CN_IMAGE_REF.sub(lambda m: token.format(n=m.group(1)), prompt)
     if token.format(n=1) in rewritten:
         return rewritten
@@ -311,7 +447,7 @@ def _generic_values(shot: Shot, mode_spec: ModeSpec, prompt: str, duration: int,
         "prompt": prompt,
         "start_frame": shot.start_frame if mode_spec.mode in (I2V, FLF) else None,
         "end_frame": shot.end_frame if mode_spec.mode == FLF else None,
-        "character_refs": list(shot.character_refs) if mode_spec.mode == REF else None,
+        "character_refs": None,  # _plan_shot sets it: character_references()
         "duration": duration,
         "aspect_ratio": shot.aspect_ratio or DEFAULT_ASPECT,
         "resolution": settings.get("resolution"),
@@ -321,6 +457,7 @@ def _generic_values(shot: Shot, mode_spec: ModeSpec, prompt: str, duration: int,
         "negative_prompt": shot.negative_prompt,
         "title": shot.id,
         "caption": _caption(shot, prompt),
+        "dialogue": shot.dialogue,  # the preview burns it in; hosted models map no such field
     }
 
 
@@ -347,12 +484,17 @@ def build_payload(mode_spec: ModeSpec, generic: Mapping[str, Any]) -> tuple[dict
     return payload, files
 
 
-def _file_list(name: str, shape: str | None, paths: list[Path], files: dict[str, Path]) -> list[Any]:
+def _file_list(name: str, shape: str | None, paths: list[Any], files: dict[str, Path]) -> list[Any]:
     out: list[Any] = []
     for i, path in enumerate(paths):
-        if shape == "frontal_image":
-            files[f"{name}[{i}].frontal_image_url"] = path
-            out.append({"frontal_image_url": path.as_uri()})
+        if isinstance(path, Portraits):  # one Kling element per character
+            files[f"{name}[{i}].frontal_image_url"] = path.frontal
+            element: dict[str, Any] = {"frontal_image_url": path.frontal.as_uri()}
+            if path.others:
+                element["reference_image_urls"] = [p.as_uri() for p in path.others]
+                for j, other in enumerate(path.others):
+                    files[f"{name}[{i}].reference_image_urls[{j}]"] = other
+            out.append(element)
         else:
             files[f"{name}[{i}]"] = path
             out.append(path.as_uri())

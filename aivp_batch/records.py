@@ -21,9 +21,11 @@ from typing import Any
 from .files import atomic_write_json, atomic_write_text
 
 PLAN_HEADER = (
-    "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID |\n"
-    "|---|------|------|-------|------|--------|------|------|------------|\n"
+    "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID | Note |\n"
+    "|---|------|------|-------|------|--------|------|------|------------|------|\n"
 )
+NO_SEED = "—, not taken by this model"
+_NOTE_CHARS = 160
 
 # Journal statuses: `submitted` (a request id exists), `done`, `failed` (final; resubmittable),
 # `unknown` (a submit whose answer was lost: never resubmitted automatically).
@@ -99,20 +101,34 @@ def read_logs(log_dir: Path) -> list[dict[str, Any]]:
 
 
 def plan_row(log: Mapping[str, Any]) -> str:
-    """One table row, without its leading `| # ` column. Cost: `$0.26` billed, `~$0.26` our
-    estimate (the provider reported no bill), blank until the clip is done."""
-    cost = _cost_cell(log)
+    """One table row, without its leading `| # ` column. Model: the model config's name (the
+    endpoint is in the log). Cost: `$0.26` billed, `~$0.26` our estimate (the provider reported no
+    bill), blank until the clip is done. Note: why it failed, was adjusted, reused or reconciled."""
+    seed = log.get("seed")
     cells = (
         log.get("id", "?"),
         f"`{log.get('file') or ''}`",
-        f"`{log.get('model') or ''}`",
+        f"`{log.get('model_config') or log.get('model') or ''}`",
         log.get("mode") or "",
         log.get("status", "pending"),
-        "" if log.get("seed") is None else log["seed"],
-        cost,
+        NO_SEED if log.get("seed_sent") is False else "" if seed is None else seed,
+        _cost_cell(log),
         log.get("request_id") or "",
+        _note(log),
     )
-    return " | ".join(str(c) for c in cells) + " |"
+    return " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _note(log: Mapping[str, Any]) -> str:
+    parts = [log.get("error") if log.get("status") in (FAILED, UNKNOWN) else None, log.get("duration_note")]
+    parts += list(log.get("notes") or []) + [log.get("note")]
+    text = "; ".join(str(p) for p in dict.fromkeys(parts) if p)
+    return text if len(text) <= _NOTE_CHARS else text[: _NOTE_CHARS - 1] + "…"
+
+
+def _cell(value: Any) -> str:
+    """A table cell: one line, and a `|` in it does not start a new column."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _cost_cell(log: Mapping[str, Any]) -> str:
@@ -131,8 +147,9 @@ def _costs(log: Mapping[str, Any]) -> tuple[float, float]:
     return (cost if log.get("cost_source") == "billed" else 0.0), estimate
 
 
-def _plan_text(rows: list[str], costs: list[tuple[float, float]]) -> str:
-    body = "".join(f"| {i} | {row}\n" for i, row in enumerate(rows, start=1))
+def _plan_text(rows: list[tuple[int, str]], costs: list[tuple[float, float]]) -> str:
+    """`rows`: (shot number, row); `#` is the shot's number (shot-07 → 7), not the row's."""
+    body = "".join(f"| {number if number < 10**9 else ''} | {row}\n" for number, row in rows)
     billed, estimated = sum(c[0] for c in costs), sum(c[1] for c in costs)
     totals = f"\nTotal of the clips listed: ${billed:.2f} billed; ${estimated:.2f} estimated.\n"
     return "# Video generation plan\n\n" + PLAN_HEADER + body + totals
@@ -158,7 +175,11 @@ class PlanBoard:
         # What was last delivered per shot (as this run began): the clip's hash and the delivered
         # copy's size/mtime, to tell a clip someone edited from one we put there.
         self.delivered: dict[str, dict[str, Any]] = {
-            str(log.get("id")): {"clip": log.get("clip"), "delivered": log.get("delivered")}
+            str(log.get("id")): {
+                "clip": log.get("clip"),
+                "delivered": log.get("delivered"),
+                "identity": log.get("identity"),
+            }
             for log in logs
             if log.get("status") == DONE and log.get("clip")
         }
@@ -187,6 +208,6 @@ class PlanBoard:
             self._pending.cancel()
             self._pending = None
         ordered = sorted(self._rows.values(), key=lambda r: r[0])
-        text = _plan_text([row for _, row, _ in ordered], [cost for _, _, cost in ordered])
+        text = _plan_text([(order[0], row) for order, row, _ in ordered], [cost for _, _, cost in ordered])
         atomic_write_text(self.output_dir / "plan.md", text, durable=False)
         self._written_at = time.monotonic()

@@ -113,6 +113,16 @@ class _JobRun:
         self.record("failed", error=message, **fields)
         return JobResult(self.job.key, "failed", error=message, request_id=self.log.get("request_id"))
 
+    def refuse(self, message: str) -> JobResult:
+        """Not sent (budget, upload, a refused or unreachable submit, an interrupt): nothing changed
+        at the provider, so a shot whose clip exists keeps its log as it was; a new shot's log says
+        why, at no cost."""
+        if any(shot.id in self.ctx.board.delivered for shot in self.job.shots):
+            if self.ctx.on_event:
+                self.ctx.on_event(self.job.key, "failed", {**self.log, "error": message})
+            return JobResult(self.job.key, "failed", error=message)
+        return self.fail(message, cost_usd=0.0)
+
     # -- the job -------------------------------------------------------------------------------
     async def run(self, slots: asyncio.Semaphore, same_identity: asyncio.Lock) -> JobResult:
         # Two jobs with one identity run one after the other, so the second reuses the first.
@@ -147,7 +157,8 @@ class _JobRun:
             if record.get("status") == UNKNOWN and not self.ctx.resubmit_unknown:
                 return await self._resolve_lost(record)
             if self.ctx.stop_submitting.is_set():
-                self.record("pending", error="not submitted: run interrupted")
+                if not any(shot.id in self.ctx.board.delivered for shot in self.job.shots):
+                    self.record("pending", error="not submitted: run interrupted")
                 return JobResult(self.job.key, "pending", error="interrupted")
             return await self._submit(record)
         finally:
@@ -219,13 +230,20 @@ class _JobRun:
         return True
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
-        self.record("done", **_done_fields(record), delivered=self._place_clip(record), reused=True)
+        delivered = self._place_clip(record)
+        last = [self.ctx.board.delivered.get(shot.id) or {} for shot in self.job.shots]
+        if all(d.get("identity") == self.job.identity and d.get("delivered") == delivered for d in last):
+            # Nothing about the shot changed: its log and row stay exactly as they are.
+            if self.ctx.on_event:
+                self.ctx.on_event(self.job.key, "done", {**self.log, **_done_fields(record), "reused": True})
+        else:
+            self.record("done", **_done_fields(record), delivered=delivered, reused=True, note="reused")
         return JobResult(self.job.key, "done", reused=True, request_id=record.get("request_id"))
 
     async def _submit(self, record: Mapping[str, Any]) -> JobResult:
         job, ledger = self.job, self.ctx.ledger
         if not await ledger.reserve(job.key, job.identity, job.estimate_usd):
-            return self.fail(
+            return self.refuse(
                 f"not submitted: ${job.estimate_usd:.2f} would pass budget_usd="
                 f"{ledger.budget_usd} (already committed ${ledger.committed_usd:.2f})"
             )
@@ -234,8 +252,15 @@ class _JobRun:
             payload = await self._upload_files()
         except (AivpError, OSError) as exc:
             await ledger.release(job.key, job.identity, "upload failed")
-            return self.fail(f"upload failed: {exc}")
-        base = {"endpoint": job.endpoint, "provider": job.provider, "attempts": attempts, "payload": payload}
+            return self.refuse(f"upload failed: {exc}")
+        base = {
+            "endpoint": job.endpoint,
+            "provider": job.provider,
+            "attempts": attempts,
+            "payload": payload,
+            "requested_seed": job.seed,  # what the log shows when the clip is reused
+            "seed_sent": job.seed_field is not None,
+        }
         # The exact body and the time, durably, before the POST: what finds it again if the answer is lost.
         sending = {
             **base,
@@ -250,7 +275,7 @@ class _JobRun:
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
             self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit not accepted")
-            return self.fail(str(exc), attempts=attempts)
+            return self.refuse(str(exc))
         except TransientError as exc:  # it may have reached the provider: never resubmit blindly
             lost = self.ctx.journal.put(
                 job.identity, {**sending, "answer_lost_at": time.time(), "error": str(exc)}
@@ -260,7 +285,7 @@ class _JobRun:
         except ProviderError as exc:
             self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit refused")
-            return self.fail(str(exc), attempts=attempts)
+            return self.refuse(str(exc))
         journal = self.ctx.journal.put(
             job.identity,
             {
@@ -594,7 +619,15 @@ def copy_file(src: Path, dest: Path) -> None:
 
 
 def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The log fields of a finished render, from its journal record: what was sent, returned, paid."""
+    seed = record.get("requested_seed")
+    if seed is None:  # journalled before requested_seed was: the seed it sent, if any
+        seed = (record.get("payload") or {}).get("seed")
+    seeds = {"seed": seed, "requested_seed": seed} if isinstance(seed, int) else {}
+    if record.get("seed_sent") is not None:
+        seeds["seed_sent"] = record["seed_sent"]
     return {
+        **seeds,
         "request_id": record.get("request_id"),
         "video_url": record.get("video_url"),
         "seed_returned": record.get("seed_returned"),
@@ -618,7 +651,8 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
     return {
         "id": shot.id,
         "type": "clip",
-        "file": relpath(ctx.clips_dir / f"{shot.id}.mp4", root),
+        # Relative to the folder holding video/ (the project, or a sweep member's run dir).
+        "file": relpath(ctx.delivered(shot.id), ctx.output_dir.parent),
         "model": job.endpoint,
         "mode": job.mode,
         "status": "pending",
@@ -631,7 +665,7 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "end_image": relpath(shot.end_frame, root) if job.mode == "FLF" else None,
         "character_refs": [relpath(p, root) for p in shot.character_refs],
         "video_url": None,
-        "cost_usd": job.estimate_usd,
+        "cost_usd": 0.0,  # nothing is spent until the provider reports the render done
         "timestamp": now_iso(),
         "provider": job.provider,
         "endpoint": job.endpoint,
@@ -652,6 +686,7 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "prompt_variant": job.prompt_variant,
         "requested_duration_s": job.requested_duration_s,
         "duration_note": job.duration_note,
+        "notes": list(job.notes),
         "estimate_usd": job.estimate_usd,
         "cost_source": "estimate",
         "attempts": 0,

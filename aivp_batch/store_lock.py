@@ -82,4 +82,3 @@ class StoreLock:
     ) -> None:
         self._info.unlink(missing_ok=True)
         self._lock.release()
-

@@ -71,6 +71,9 @@ class Storyboard:
     shots: list[Shot] = field(default_factory=list)
     problems: list[ShotProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Shot ID (metadata "Shot ID") of each problem's shot, where its file gave one: `shots=[1.2]`
+    # must select (and report) a shot that cannot be rendered as well as one that can.
+    problem_codes: dict[str, str] = field(default_factory=dict)
 
 
 class _Unusable(Exception):
@@ -101,19 +104,28 @@ def read_storyboard(project_dir: Path) -> Storyboard:
             board.shots.append(_build_shot(project, path, number, spec))
         except _Unusable as exc:
             board.problems.append(ShotProblem(rel, str(exc), path.stem))
+            if code := seen[number][1]:
+                board.problem_codes[path.stem] = code
+        else:
+            if conflict := _duration_conflict(spec):
+                board.warnings.append(f"{rel}: {conflict}")
     board.warnings.extend(_ignored_files(project))
     board.warnings.extend(_frame_plan_warnings(project, seen))
     return board
 
 
-def select_shots(storyboard: Storyboard, selection: Iterable[int | str] | int | str | None) -> Storyboard:
-    """Keep the shots named by `selection` (`1`, `"1"`, `"01"`, `"shot-01"` or any shot id)."""
+def select_shots(
+    storyboard: Storyboard, selection: Iterable[int | float | str] | int | float | str | None
+) -> Storyboard:
+    """Keep the shots named by `selection`: `1`, `"1"`, `"01"`, `"shot-01"`, any shot id, or the
+    storyboard's own Shot ID (`"1.2"`, or `1.2` as Hydra reads `shots=[1.2]`)."""
     if selection is None:
         return storyboard
-    if isinstance(selection, int | str):
+    if isinstance(selection, int | float | str):
         selection = [selection]
-    known = [(s.id, s.number) for s in storyboard.shots]
-    known += [(p.shot, _number_of(p.shot)) for p in storyboard.problems if p.shot]
+    known = [_Known(s.id, s.number, s.shot_code) for s in storyboard.shots]
+    codes = storyboard.problem_codes
+    known += [_Known(p.shot, _number_of(p.shot), codes.get(p.shot)) for p in storyboard.problems if p.shot]
     wanted: set[str] = set()
     for item in selection:
         wanted |= _match_selection(item, known)
@@ -121,6 +133,7 @@ def select_shots(storyboard: Storyboard, selection: Iterable[int | str] | int | 
         shots=[s for s in storyboard.shots if s.id in wanted],
         problems=[p for p in storyboard.problems if p.shot is None or p.shot in wanted],
         warnings=list(storyboard.warnings),
+        problem_codes={k: v for k, v in storyboard.problem_codes.items() if k in wanted},
     )
 
 
@@ -184,6 +197,21 @@ def find_character_refs(project_dir: Path, names: Iterable[str]) -> tuple[Path, 
             if resolved.is_file():
                 refs.append(resolved)
     return tuple(refs)
+
+
+def portrait_owner(path: Path, names: Iterable[str]) -> str | None:
+    """The character a portrait belongs to, by the same file-stem rule as `find_character_refs`:
+    the longest name its stem starts with (`harbour-master-side.png` → "Harbour Master")."""
+    matches = [n for n in names if _name_key(n) and _stem_matches(Path(path).stem, _name_key(n))]
+    return max(matches, key=lambda n: len(_name_key(n)), default=None)
+
+
+def portrait_angle(path: Path, name: str | None) -> str:
+    """What follows the character's name in a portrait's stem: `elena-front` → "front", "" if nothing."""
+    stem = _name_key(Path(path).stem)
+    key = _name_key(name or "")
+    rest = stem[len(key) :] if key and stem.startswith(key) else stem.rpartition("-")[2]
+    return rest.strip("-_. ")
 
 
 # --------------------------------------------------------------------------- files
@@ -448,6 +476,25 @@ def _spec_duration(spec: _Spec) -> float | None:
     return None
 
 
+def _duration_conflict(spec: _Spec) -> str | None:
+    """Where the Duration line and the metadata table both give a length and differ: which one is
+    rendered (and paid for) must not go unsaid."""
+    try:
+        line, table = parse_duration(spec.labels.get("duration")), parse_duration(spec.table.get("duration"))
+    except ValueError:
+        return None  # _spec_duration has made it a problem
+    if line is None or table is None or line == table:
+        return None
+    return (
+        f"its Duration line says {_seconds(line)} but its metadata table says {_seconds(table)}; "
+        f"rendering {_seconds(line)} (make them agree)"
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value)}s" if value.is_integer() else f"{value}s"
+
+
 def _spec_aspect(spec: _Spec) -> str | None:
     try:
         return parse_aspect_ratio(spec.labels.get("aspect ratio") or spec.table.get("aspect ratio"))
@@ -474,6 +521,8 @@ def parse_camera_fixed(text: str | None) -> bool | None:
 
 def _frame(project: Path, name: str) -> Path | None:
     path = project / FRAMES_DIR / name
+    if path.is_dir():  # not "no keyframe": that would silently render the shot as T2V
+        raise _Unusable(f"{(FRAMES_DIR / name).as_posix()} is a directory, not an image file")
     if not path.is_file():
         return None
     return resolve_in_project(project, FRAMES_DIR / name, (FRAMES_DIR / name).as_posix())
@@ -497,15 +546,44 @@ def _number_of(shot_id: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _match_selection(item: int | str, known: list[tuple[str | None, int | None]]) -> set[str]:
+@dataclass(frozen=True)
+class _Known:
+    id: str
+    number: int | None
+    code: str | None  # the metadata table's Shot ID
+
+
+def _match_selection(item: int | float | str, known: list[_Known]) -> set[str]:
+    """An id, else a shot number (`2`, `02`, `shot-02`), else a Shot ID (`1.2`)."""
     token = str(item).strip()
-    ids = {i for i, _ in known if i == token}
-    if not ids and (number := _number_of(token)) is not None:
-        ids = {i for i, n in known if n == number and i}
+    ids = {k.id for k in known if k.id == token}
+    if not ids and not isinstance(item, float) and (number := _number_of(token)) is not None:
+        ids = {k.id for k in known if k.number == number}
     if not ids:
-        have = ", ".join(sorted({i for i, _ in known if i})) or "none"
-        raise StoryboardError("shots", f"no such shot: {token} (have: {have})")
-    return {i for i in ids if i}
+        codes = {k.code for k in known if k.code and _same_code(k.code, item)}
+        if len(codes) > 1:  # `shots=[1.10]` reaches us as the float 1.1
+            either = " or ".join(sorted(codes))
+            raise StoryboardError(
+                "shots", f"{token} could be Shot ID {either}; quote it: shots=['{max(codes)}']"
+            )
+        ids = {k.id for k in known if k.code in codes}
+    if not ids:
+        have = ", ".join(sorted({k.id for k in known})) or "none"
+        codes = ", ".join(sorted({k.code for k in known if k.code}))
+        by_code = f", or by Shot ID: {codes}" if codes else ""
+        raise StoryboardError("shots", f"no such shot: {token} (have: {have}){by_code}")
+    return ids
+
+
+def _same_code(code: str, item: int | float | str) -> bool:
+    if code == str(item).strip():
+        return True
+    if isinstance(item, float):
+        try:
+            return float(code) == item
+        except ValueError:
+            return False
+    return False
 
 
 def _frame_plan_warnings(project: Path, seen: dict[int, tuple[str, str | None]]) -> list[str]:

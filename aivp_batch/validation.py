@@ -1,7 +1,8 @@
 """Validation before spending: every payload of the run against its endpoint's published schema,
 undeclared keys (which fal would silently ignore) and local input files — every image decoded in
 full, its bytes matching its extension, its sides at least the schema's `x-fal` minimum or the
-model's `min_image_px` — all before the first upload or submission."""
+model's `min_image_px` — and the model config's list rules (a Kling element's 1–3 reference
+images), all before the first upload or submission."""
 
 from __future__ import annotations
 
@@ -29,6 +30,24 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, Endpoint
         for field, path in job.files.items():
             for issue in schema.check_local_file(field, path, min_image_px=job.min_image_px):
                 problems.append(f"{where} field {issue.path}: {issue.message}")
+        problems.extend(f"{where} field {line}" for line in rule_problems(job))
     if problems:
         raise PayloadInvalid("\n".join(problems))
     return used
+
+
+def rule_problems(job: Job) -> list[str]:
+    """The model config's list rules (`rules:` of a mode; limits fal states only in prose, such as
+    "1–3 reference images, at least one" for a Kling element), one line each: where, how many, the
+    local files concerned and the rule's own message."""
+    out: list[str] = []
+    for rule in job.rules:
+        for where, value in rule.locations(job.payload):
+            why = rule.check(value)
+            if why is None:
+                continue
+            owner = where.rpartition(".")[0] if "[" in where.rpartition(".")[0] else where
+            names = sorted({p.name for key, p in job.files.items() if key.startswith(owner)})
+            given = f" (given: {', '.join(names)})" if names else ""
+            out.append(f"{where}: {why}{given}; {rule.message}".rstrip("; "))
+    return out

@@ -156,12 +156,20 @@ def shot_04_ff() -> Image.Image:
     return image
 
 
-def portrait(who: Person) -> Image.Image:
+def portrait(who: Person, side: bool = False) -> Image.Image:
+    """A bust, from the front or turned to the side (a Kling element wants both angles)."""
     image = _gradient(PORTRAIT_SIZE, (236, 236, 240), (180, 186, 196))
     draw = ImageDraw.Draw(image)
     # A bust: the feet are below the frame so the head sits in the upper half.
-    _person(draw, who, PORTRAIT_SIZE[0] // 2, PORTRAIT_SIZE[1] + 200, 2.6, seated=False)
-    _label(image, who.name.upper())
+    cx = PORTRAIT_SIZE[0] // 2 - (60 if side else 0)
+    _person(draw, who, cx, PORTRAIT_SIZE[1] + 200, 2.6, seated=False)
+    if side:  # turned right: a nose past the cheek, the far eye hidden behind it
+        head, eye_y = int(46 * 2.6), PORTRAIT_SIZE[1] + 200 - int(260 * 2.6) - int(46 * 2.6) - 4
+        draw.polygon(
+            [(cx + head - 6, eye_y + 6), (cx + head + 26, eye_y + 40), (cx + head - 6, eye_y + 52)], fill=SKIN
+        )
+        draw.ellipse([cx - head // 3 - 14, eye_y - 14, cx - head // 3 + 14, eye_y + 14], fill=SKIN)
+    _label(image, who.name.upper() + (" · SIDE" if side else ""))
     return image
 
 
@@ -185,6 +193,7 @@ def main(project: Path) -> None:
         _save(image, project / "image" / "frames" / f"{name}.png")
     for who in (ELENA, MARCO):
         _save(portrait(who), project / "image" / "characters" / f"{who.name.lower()}-front.png")
+        _save(portrait(who, side=True), project / "image" / "characters" / f"{who.name.lower()}-side.png")
 
 
 if __name__ == "__main__":

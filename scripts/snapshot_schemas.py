@@ -31,7 +31,8 @@ CATALOG_FACTS = ("display_name", "category", "status")
 
 def configured_endpoints() -> list[str]:
     """Every endpoint a packaged model config names for provider=fal, over every tier."""
-    models = sorted(p.stem for p in (Path(__file__).parents[1] / "aivp_batch/conf/model").glob("*.yaml"))
+    folder = Path(__file__).parents[1] / "aivp_batch/conf/model"
+    models = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "auto")  # auto names no endpoint
     found: set[str] = set()
     with initialize_config_module(version_base="1.3", config_module="aivp_batch.conf"):
         for model in models:
@@ -39,6 +40,8 @@ def configured_endpoints() -> list[str]:
                 cfg = OmegaConf.to_container(
                     compose("config", [f"model={model}", f"tier={tier}"]), resolve=True
                 )
+                if cfg["model"].get("retired"):  # no endpoints left to snapshot (model=sora2)
+                    break
                 spec = build_model_spec(cfg["model"], cfg["provider"], tier)
                 found.update(mode.endpoint for mode in spec.modes.values())
     return sorted(found)

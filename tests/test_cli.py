@@ -87,15 +87,19 @@ def test_preview_run_of_the_example_project(film: Path, tmp_path: Path) -> None:
         tmp_path / "run/.hydra/overrides.yaml"
     ).exists()
 
-    # Run again: every clip is reused from the journal, nothing re-rendered.
+    # Run again: every clip is reused from the journal, nothing re-rendered, no record rewritten.
+    logs_before = {p.name: p.read_bytes() for p in (film / "video/log").glob("*.json")}
     again = run_cli(f"project_dir={film}", "provider=preview", "model=kling_v26", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "reused" in again.stdout and json.loads((film / "video/log/shot-01.json").read_text())["reused"]
+    assert "reused" in again.stdout
+    assert {p.name: p.read_bytes() for p in (film / "video/log").glob("*.json")} == logs_before
 
 
 def test_dry_run_against_fal_needs_no_key(film: Path, tmp_path: Path) -> None:
     from aivp_batch.testing.fal_server import FakeFal
 
+    # A Kling element needs a second angle of the character (shot-03 is Elena's reference shot).
+    shutil.copy(film / "image/characters/elena-front.png", film / "image/characters/elena-side.png")
     with FakeFal(schemas_dir=FAL_SCHEMAS) as fal:
         proc = run_cli(
             f"project_dir={film}",
@@ -149,8 +153,8 @@ def test_unknown_model_is_refused(film: Path, tmp_path: Path) -> None:
     proc = run_cli(f"project_dir={film}", "provider=preview", "model=nope", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "aivp-batch: error: unknown model=nope (available: hailuo02, kling_o3, kling_v25_turbo, kling_v26, "
-        "kling_v3, seedance_v1, seedance_v15, seedance_v2, sora2, veo31)"
+        "aivp-batch: error: unknown model=nope (available: auto, hailuo02, kling_o3, kling_v25_turbo, "
+        "kling_v26, kling_v3, seedance_v1, seedance_v15, seedance_v2, sora2, veo31)"
     )
 
 
@@ -263,3 +267,29 @@ def test_offline_without_any_schema_is_refused(film: Path, tmp_path: Path) -> No
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("aivp-batch: error: fal-ai/bytedance/seedance/v1") and "OpenAPI schema" in last
     assert "neither the schema cache nor the bundled snapshot" in last
+
+
+def test_an_unreachable_fal_is_one_line_naming_the_host_and_the_time(film: Path, tmp_path: Path) -> None:
+    import re
+    import socket
+
+    with socket.socket() as probe_socket:  # a loopback port nothing listens on
+        probe_socket.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe_socket.getsockname()[1]}"
+    proc = run_cli(
+        f"project_dir={film}",
+        "offline=true",
+        *(f"provider.{name}={url}" for name in ("queue_url", "rest_url", "cdn_url", "api_url", "schema_url")),
+        "provider.retry.attempts=3",
+        "provider.retry.base_s=0.01",
+        cwd=tmp_path,
+        env={"FAL_KEY": "test-key-0123456789"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"aivp-batch: error: fal token: cannot reach {re.escape(url)} \(connection refused\) "
+        r"after 3 attempts over \d+(\.\d+)? s",
+        last,
+    ), last
+    assert "Traceback" not in proc.stderr and "ConnectError" not in proc.stderr

@@ -67,7 +67,8 @@ def test_list_kind_all_fields() -> None:
     assert first.prompts == {"seedance": "推镜头", "kling": "[Camera: push in]"}
     assert (first.start_frame, first.end_frame) == (FRAMES / "shot-02-ff.png", FRAMES / "shot-02-lf.png")
     assert first.characters == ("Elena", "Marco")
-    assert first.character_refs == (PORTRAITS / "elena-front.png", PORTRAITS / "marco-front.png")
+    views = ("elena-front.png", "elena-side.png", "marco-front.png", "marco-side.png")
+    assert first.character_refs == tuple(PORTRAITS / name for name in views)
     assert (first.duration_s, first.aspect_ratio, first.camera_fixed) == (6.0, "9:16", False)
     assert (first.negative_prompt, first.scene, first.source) == ("blurry", "kitchen-morning", None)
     assert second.prompts == {"motion": "Static shot of the table."}

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from aivp_batch.errors import MediaError, RequestFailed
 from aivp_batch.media import probe
+from aivp_batch.providers import preview
 from aivp_batch.providers.base import StatusUpdate
 from aivp_batch.providers.preview import (
     PREVIEW_ENDPOINT,
@@ -155,6 +156,7 @@ def test_openapi_validates_a_typical_payload() -> None:
         "fps": 24,
         "seed": 42,
         "title": "shot-01",
+        "dialogue": "林夏：我们走吧。",
         "camera_move": None,
     }
     assert list(_input_validator().iter_errors(payload)) == []
@@ -177,6 +179,7 @@ def test_openapi_validates_a_typical_payload() -> None:
         {"prompt": "x", "duration": 5, "seed": "abc"},
         {"prompt": "x", "duration": 5, "camera_move": "orbit"},
         {"prompt": "x", "duration": 5, "image_url": 3},
+        {"prompt": "x", "duration": 5, "dialogue": 3},
     ],
 )
 def test_openapi_rejects_bad_payloads(payload: dict) -> None:
@@ -210,7 +213,7 @@ def test_render_rejects_odd_sizes(tmp_path: Path) -> None:
 
 def test_i2v_push_in_zooms_the_centre(tmp_path: Path) -> None:
     key = _grid(tmp_path / "ff.png")
-    frames = _frames(_render(tmp_path / "push.mp4", start_image=key, camera="push_in"))
+    frames = _frames(_render(tmp_path / "push.mp4", start_image=key, camera="push_in", overlay=False))
     first, last = frames[0], frames[-1]
     # The first frame is the keyframe cover-fitted to the frame.
     fitted = np.asarray(ImageOps.fit(Image.open(key).convert("RGB"), (W, H), Image.LANCZOS), np.float32)
@@ -238,7 +241,7 @@ def test_i2v_pull_out_is_the_reverse(tmp_path: Path) -> None:
 )
 def test_i2v_pan_and_tilt_move_the_window(tmp_path: Path, move: str, axis: int, sign: int) -> None:
     key = _grid(tmp_path / "ff.png")
-    frames = _frames(_render(tmp_path / f"{move}.mp4", start_image=key, camera=move))
+    frames = _frames(_render(tmp_path / f"{move}.mp4", start_image=key, camera=move, overlay=False))
     first, last = frames[0], frames[-1]
     # The window travels the 15% head-room: content slides by that many pixels, the other way.
     travel = round(0.15 * (W if axis == 1 else H))
@@ -259,7 +262,9 @@ def test_i2v_crossfades_to_the_end_frame(tmp_path: Path) -> None:
     key = _grid(tmp_path / "ff.png")
     end = tmp_path / "lf.png"
     Image.new("RGB", (400, 300), (230, 40, 40)).save(end)
-    frames = _frames(_render(tmp_path / "fade.mp4", start_image=key, end_image=end, duration_s=2.0))
+    frames = _frames(
+        _render(tmp_path / "fade.mp4", start_image=key, end_image=end, duration_s=2.0, overlay=False)
+    )
     target = np.asarray(ImageOps.fit(Image.open(end).convert("RGB"), (W, H)), np.float32)
     assert len(frames) == 24
     assert _mad(frames[-1], target) < 4  # the clip lands on the end frame
@@ -281,6 +286,104 @@ def test_t2v_card_draws_chinese_prompts(tmp_path: Path) -> None:
         tmp_path / "zh.mp4", prompt="夕阳下的灯塔，镜头缓缓推进，海浪拍打礁石。" * 5, title="镜头-01"
     )
     assert probe(clip).frames == FPS
+
+
+def test_the_cjk_font_comes_from_the_package_dependency() -> None:
+    # Not a system font: CI installs only what pyproject names.
+    path = Path(preview._cjk_font_file() or "")
+    assert path.is_file() and path.name == "NotoSansCJKjp-Regular.otf"
+    assert path.parent.name == "noto_cjk_sans_jp_regular"
+
+
+_ZH_A, _ZH_B = "夕阳下的灯塔，镜头缓缓推进。" * 4, "海浪拍打礁石，女孩抬头看天。" * 4
+
+
+def _card(path: Path, prompt: str) -> np.ndarray:
+    return _frames(_render(path, width=320, height=180, duration_s=0.25, prompt=prompt, title="镜头-01"))[0]
+
+
+def test_t2v_card_draws_cjk_glyphs_not_tofu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    noto_a, noto_b = _card(tmp_path / "a.mp4", _ZH_A), _card(tmp_path / "b.mp4", _ZH_B)
+    monkeypatch.setattr(preview, "_cjk_font_file", lambda: None)  # the built-in font alone
+    tofu_a, tofu_b = _card(tmp_path / "ta.mp4", _ZH_A), _card(tmp_path / "tb.mp4", _ZH_B)
+    assert _mad(noto_a, tofu_a) > 3  # the card is not the one the fallback font draws
+    # The fallback draws every character as the same box, so two texts of one length look alike;
+    # real glyphs tell them apart.
+    assert _mad(tofu_a, tofu_b) < 0.5
+    assert _mad(noto_a, noto_b) > 1
+
+
+# ------------------------------------------------------------------ the burned-in slate
+
+SW, SH = 320, 180
+_TOP_LEFT = (slice(0, int(SH * 0.12)), slice(0, int(SW * 0.3)))  # PREVIEW and the shot id
+_TOP_RIGHT = (slice(0, int(SH * 0.12)), slice(int(SW * 0.8), SW))  # mm:ss
+_MIDDLE = (slice(int(SH * 0.3), int(SH * 0.7)), slice(None))
+_BOTTOM = (slice(int(SH * 0.8), SH), slice(None))  # the dialogue line
+
+
+def _flat(path: Path, colour: tuple[int, int, int]) -> tuple[Path, np.ndarray]:
+    """A one-colour keyframe (the camera move can't show on it) and the frame it fills."""
+    Image.new("RGB", (400, 300), colour).save(path)
+    return path, np.full((SH, SW, 3), colour, np.float32)
+
+
+def _slated(path: Path, **kw: Any) -> list[np.ndarray]:
+    args: dict[str, Any] = dict(width=SW, height=SH, duration_s=2.5, camera="push_in")
+    args.update(kw)
+    return _frames(_render(path, **args))
+
+
+def test_i2v_frames_carry_the_slate_and_the_clock_ticks(tmp_path: Path) -> None:
+    key, grey = _flat(tmp_path / "ff.png", (128, 128, 128))
+    frames = _slated(tmp_path / "i2v.mp4", start_image=key)
+    assert len(frames) == 30
+    for frame in frames[::7]:
+        assert _mad(frame[_TOP_LEFT], grey[_TOP_LEFT]) > 15  # the slate is burned in
+        assert _mad(frame[_MIDDLE], grey[_MIDDLE]) < 2  # and the picture is left alone
+        assert _mad(frame[_BOTTOM], grey[_BOTTOM]) < 2  # no dialogue, no dialogue box
+    clean = _slated(tmp_path / "clean.mp4", start_image=key, overlay=False)
+    assert _mad(clean[0][_TOP_LEFT], grey[_TOP_LEFT]) < 2
+    # mm:ss: one picture through each second, a new one each second (frames 0, 12, 24 at 12 fps).
+    clock = [frame[_TOP_RIGHT] for frame in frames]
+    assert np.abs(clock[0] - clock[11]).max() < 16
+    assert np.abs(clock[12] - clock[23]).max() < 16
+    assert np.abs(clock[0] - clock[12]).max() > 60
+    assert np.abs(clock[12] - clock[24]).max() > 60
+    assert _mad(clock[0], grey[_TOP_RIGHT]) > 10
+
+
+def test_flf_frames_carry_the_slate_and_the_dialogue(tmp_path: Path) -> None:
+    key, _grey = _flat(tmp_path / "ff.png", (128, 128, 128))
+    end, red = _flat(tmp_path / "lf.png", (200, 40, 40))
+    frames = _slated(tmp_path / "flf.mp4", start_image=key, end_image=end, dialogue="林夏：我们走吧。")
+    last = frames[-1]
+    assert _mad(last[_MIDDLE], red[_MIDDLE]) < 3  # it lands on the end frame…
+    assert _mad(last[_TOP_LEFT], red[_TOP_LEFT]) > 15  # …under the slate
+    assert _mad(last[_BOTTOM], red[_BOTTOM]) > 4  # and the dialogue line
+    quiet = _slated(tmp_path / "quiet.mp4", start_image=key, end_image=end)
+    assert _mad(quiet[-1][_BOTTOM], red[_BOTTOM]) < 2
+    assert _mad(quiet[-1][_TOP_LEFT], last[_TOP_LEFT]) < 8  # the same slate (up to x264's noise)
+
+
+def test_the_slate_shows_the_shot_id(tmp_path: Path) -> None:
+    key, _grey = _flat(tmp_path / "ff.png", (128, 128, 128))
+    one = _slated(tmp_path / "one.mp4", start_image=key, title="shot-01", duration_s=0.25)
+    two = _slated(tmp_path / "two.mp4", start_image=key, title="shot-29", duration_s=0.25)
+    assert np.abs(one[0][_TOP_LEFT] - two[0][_TOP_LEFT]).max() > 60
+
+
+def test_t2v_dialogue_sits_above_the_progress_bar(tmp_path: Path) -> None:
+    plain = _slated(tmp_path / "plain.mp4", prompt="A lighthouse at dusk.", duration_s=0.25)[0]
+    spoken = _slated(
+        tmp_path / "spoken.mp4",
+        prompt="A lighthouse at dusk.",
+        duration_s=0.25,
+        dialogue="Let's go, the tide is coming in.",
+    )[0]
+    bar, centre = SH - round(SH * 0.12), slice(int(SW * 0.35), int(SW * 0.65))
+    assert _mad(spoken[bar - 30 : bar, centre], plain[bar - 30 : bar, centre]) > 5  # just above the bar
+    assert _mad(spoken[bar:], plain[bar:]) < 1  # bar, timecode and footer untouched
 
 
 @pytest.mark.parametrize("with_image", [False, True])
@@ -329,6 +432,13 @@ def test_provider_full_cycle(tmp_path: Path) -> None:
     info = probe(clip)
     assert (info.width, info.height, info.frames, info.has_audio) == (360, 640, 8, True)
     assert not list((tmp_path / "renders").glob("*.part"))
+
+
+def test_provider_passes_the_dialogue_and_shot_id_to_the_slate() -> None:
+    settings = PreviewProvider._settings(_payload(title="shot-04", dialogue="  林夏：走吧。 "))
+    assert settings["title"] == "shot-04" and settings["dialogue"] == "  林夏：走吧。 "
+    assert PreviewProvider._settings(_payload(dialogue=None))["dialogue"] is None
+    assert PreviewProvider._settings(_payload(dialogue=""))["dialogue"] is None
 
 
 def test_provider_keeps_a_given_seed_and_accepts_plain_paths(tmp_path: Path) -> None:

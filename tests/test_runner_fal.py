@@ -96,11 +96,12 @@ def test_end_to_end_on_fal(fal, film, tmp_path, monkeypatch) -> None:
     assert KEY not in all_text(film, tmp_path / "run")
 
     # Same command again: everything reused, zero queue requests.
-    before = dict(fal.stats.calls)
-    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    before, logs_before = dict(fal.stats.calls), logs(film)
+    code, summary = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
     assert code == 0
     assert {k: v - before.get(k, 0) for k, v in fal.stats.calls.items() if v - before.get(k, 0)} == {}
-    assert all(log["reused"] for log in logs(film).values())
+    assert all(result["reused"] for result in summary["results"])
+    assert logs(film) == logs_before  # nothing about the shots changed: their logs did not either
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,8 @@ def test_blockquote_example_project() -> None:
         ShotProblem("storyboard/storyboard-final/shots/shot-03.md", NO_MOTION_PROMPT, "shot-03")
     ]
     assert board.warnings == [
+        "storyboard/storyboard-final/shots/shot-02.md: its Duration line says 4.5s but its metadata table "
+        "says 4s; rendering 4.5s (make them agree)",
         "frame-plan.md names Shot 2.4, but no shot file has that Shot ID",
         "shot-03 is not mentioned in frame-plan.md",
     ]
@@ -567,7 +569,8 @@ def test_example_project() -> None:
         (frames / "shot-04-ff.png", None),
     ]
     refs = [[p.name for p in s.character_refs] for s in board.shots]
-    assert refs == [["elena-front.png", "marco-front.png"]] * 2 + [["elena-front.png"], ["marco-front.png"]]
+    elena, marco = ["elena-front.png", "elena-side.png"], ["marco-front.png", "marco-side.png"]
+    assert refs == [elena + marco] * 2 + [elena, marco]  # a front and a side view each
     assert [s.characters for s in board.shots][2:] == [("Elena",), ("Marco",)]
     for shot in board.shots:
         assert set(shot.prompts) == {"seedance", "kling", "motion"}, shot.id
@@ -588,7 +591,9 @@ def test_example_images_are_small_and_sized() -> None:
     pngs = sorted((EXAMPLE / "image").rglob("*.png"))
     assert [p.name for p in pngs] == [
         "elena-front.png",
+        "elena-side.png",
         "marco-front.png",
+        "marco-side.png",
         "shot-01-ff.png",
         "shot-02-ff.png",
         "shot-02-lf.png",
@@ -681,6 +686,8 @@ def test_fixture_frame_plan_against_fewer_shots(tmp_path: Path) -> None:
     board = read_storyboard(project)
     assert [s.shot_code for s in board.shots] == ["2.2"]
     assert board.warnings == [
+        "storyboard/storyboard-final/shots/shot-02.md: its Duration line says 4.5s but its metadata table "
+        "says 4s; rendering 4.5s (make them agree)",
         "frame-plan.md names Shot 2.1, but no shot file has that Shot ID",
         "frame-plan.md names Shot 2.4, but no shot file has that Shot ID",
     ]
@@ -750,3 +757,57 @@ def test_select_shots_keeps_only_the_selected_problems(tmp_path: Path) -> None:
     assert [p.shot for p in select_shots(board, ["shot-02"]).problems] == ["shot-02"]
     chosen = select_shots(board, [1])
     assert ([s.id for s in chosen.shots], chosen.problems) == (["shot-01"], [])
+
+
+# ------------------------------------------------ Shot IDs, frames that are folders, durations
+
+
+def _coded(code: str, duration: str = "5s") -> str:
+    return f"| Field | Value |\n|---|---|\n| Shot ID | {code} |\n| Duration | {duration} |\n\n{GOOD}"
+
+
+def test_select_shots_by_the_storyboards_own_shot_id() -> None:
+    board = read_storyboard(EXAMPLE)
+    assert [s.shot_code for s in board.shots] == ["1.1", "1.2", "1.3", "1.4"]
+    # `shots=[1.2]` reaches select_shots as the float 1.2; quoted, as the string "1.2".
+    assert [s.id for s in select_shots(board, [1.2]).shots] == ["shot-02"]
+    assert [s.id for s in select_shots(board, ["1.3", 1]).shots] == ["shot-01", "shot-03"]
+    with pytest.raises(StoryboardError, match=r"no such shot: 1\.9 .*or by Shot ID: 1\.1, 1\.2, 1\.3, 1\.4"):
+        select_shots(board, [1.9])
+
+
+def test_a_shot_number_beats_a_shot_id_and_an_ambiguous_float_is_refused(tmp_path: Path) -> None:
+    shots = {"shot-01.md": _coded("1.1"), "shot-02.md": _coded("1.10"), "shot-03.md": _coded("2")}
+    board = read_storyboard(make_project(tmp_path, shots))
+    assert [s.id for s in select_shots(board, [2]).shots] == ["shot-02"]  # shot number 2, not Shot ID 2
+    assert [s.id for s in select_shots(board, ["1.10"]).shots] == ["shot-02"]
+    assert [s.id for s in select_shots(board, ["1.1"]).shots] == ["shot-01"]
+    with pytest.raises(
+        StoryboardError, match=r"1\.1 could be Shot ID 1\.1 or 1\.10; quote it: shots=\['1\.10'\]"
+    ):
+        select_shots(board, [1.1])  # `shots=[1.10]`, as Hydra reads it
+
+
+def test_a_keyframe_that_is_a_directory_is_a_problem_not_t2v(tmp_path: Path) -> None:
+    project = make_project(tmp_path, {"shot-01.md": GOOD, "shot-02.md": GOOD})
+    (project / "image/frames/shot-02-ff.png").mkdir(parents=True)
+    board = read_storyboard(project)
+    assert [s.id for s in board.shots] == ["shot-01"]
+    assert board.problems == [
+        ShotProblem(
+            "storyboard/storyboard-final/shots/shot-02.md",
+            "image/frames/shot-02-ff.png is a directory, not an image file",
+            "shot-02",
+        )
+    ]
+
+
+def test_a_duration_line_and_metadata_table_that_disagree_are_said(tmp_path: Path) -> None:
+    board = read_storyboard(
+        make_project(tmp_path, {"shot-01.md": _coded("1.1", "6s"), "shot-02.md": _coded("1.2")})
+    )
+    assert [s.duration_s for s in board.shots] == [5.0, 5.0]  # the Duration line still wins
+    assert board.warnings == [
+        "storyboard/storyboard-final/shots/shot-01.md: its Duration line says 5s but its metadata table "
+        "says 6s; rendering 5s (make them agree)"
+    ]

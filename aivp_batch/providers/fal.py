@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import functools
 import json
 import logging
 import mimetypes
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -303,14 +305,16 @@ class FalProvider(Provider):
 
     async def _call(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One idempotent request with transient failures retried; exhaustion → TransientError."""
+        started, tries = time.monotonic(), 0
         try:
             async for attempt in self._retrying(kind, _is_transient):
                 with attempt:
+                    tries += 1
                     response = await self._http.request(method, url, **kwargs)
                     _raise_if_transient(response, kind)
         except (_Retry, httpx.TransportError) as exc:
             raise TransientError(
-                self._clean(f"fal {kind} failed after {self.retry.attempts} attempts: {_describe(exc)}")
+                self._clean(_gave_up(kind, url, exc, tries, time.monotonic() - started))
             ) from None
         return response
 
@@ -792,9 +796,75 @@ def _platform_error(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
+def _gave_up(kind: str, url: str, exc: BaseException, tries: int, elapsed_s: float) -> str:
+    """`fal token: cannot reach https://rest.fal.ai (connection refused) after 8 attempts over 61 s`."""
+    spent = f"after {tries} attempt{'s' if tries != 1 else ''} over {_duration(elapsed_s)}"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"fal {kind}: cannot reach {_origin(url)} ({_describe(exc)}) {spent}"
+    if isinstance(exc, httpx.TransportError):
+        return f"fal {kind} failed {spent}: {_origin(url)}: {_describe(exc)}"
+    return f"fal {kind} failed {spent}: {_describe(exc)}"
+
+
+def _origin(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return url
+    return f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.{2 if seconds < 1 else 1 if seconds < 10 else 0}f} s"
+
+
+_TIMEOUTS = {
+    httpx.ConnectTimeout: "connection timed out",
+    httpx.ReadTimeout: "no answer in time",
+    httpx.WriteTimeout: "sending timed out",
+    httpx.PoolTimeout: "no free connection in time",
+}
+_ERRNOS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EPIPE: "connection closed while sending",
+}
+
+
+def _transport_reason(exc: httpx.TransportError) -> str | None:
+    """What a transport error means in words, from the OS error under it (None: nothing known)."""
+    for kind, words in _TIMEOUTS.items():
+        if isinstance(exc, kind):
+            return words
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            if cause.errno == getattr(socket, "EAI_AGAIN", None):
+                return "name lookup failed (temporary failure in name resolution)"
+            return "host name not found"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed: {cause.reason or cause}"
+        if isinstance(cause, OSError) and cause.errno in _ERRNOS:
+            return _ERRNOS[cause.errno]
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the connection ({exc})" if str(exc) else "the server broke the connection"
+    return None
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
+    if isinstance(exc, httpx.TransportError) and (reason := _transport_reason(exc)):
+        return reason
     text = str(exc)
     return (
         f"{type(exc).__name__}: {text}"

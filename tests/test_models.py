@@ -1,0 +1,293 @@
+"""Model configs mean what they say: Kling elements are one per character and need a second
+angle, each tier is priced from what its endpoint renders and iteration is the cheapest, and a
+retired model is refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, REPO, fal_document, has_fal_document, write_png
+from omegaconf import OmegaConf
+from test_cli import run_cli
+
+from aivp_batch.app import budget_warning
+from aivp_batch.errors import ConfigError, PayloadInvalid
+from aivp_batch.models import PayloadRule, build_model_spec, parse_rules
+from aivp_batch.planning import Plan, plan_jobs
+from aivp_batch.schemas import SchemaStore
+from aivp_batch.storyboard import Shot
+from aivp_batch.validation import validate_jobs
+
+MODELS = sorted(p.stem for p in (REPO / "aivp_batch/conf/model").glob("*.yaml"))
+LIVE_MODELS = [m for m in MODELS if m not in ("sora2", "auto")]
+
+
+def spec_for(compose_cfg, model: str, tier: str):
+    cfg = OmegaConf.to_container(compose_cfg(f"model={model}", f"tier={tier}"), resolve=True)
+    return build_model_spec(cfg["model"], cfg["provider"], tier)
+
+
+def snapshot_store(tmp_path: Path, jobs) -> SchemaStore:
+    store = SchemaStore(cache_dir=tmp_path / "cache", offline=True)
+    for endpoint in {j.endpoint for j in jobs}:
+        assert has_fal_document(endpoint), endpoint
+        store.register(endpoint, fal_document(endpoint))
+    return store
+
+
+@pytest.fixture
+def cast(tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "image/characters"
+    files = {
+        name: write_png(folder / f"{name}.png", (768, 1024), colour)
+        for name, colour in [
+            ("marlow-front", (200, 10, 10)),
+            ("marlow-side", (180, 30, 30)),
+            ("vera-back", (10, 10, 160)),
+            ("vera-front", (10, 10, 200)),
+            ("vera-side", (30, 30, 180)),
+        ]
+    }
+    files["frame"] = write_png(tmp_path / "image/frames/shot-01-ff.png", (1280, 720))
+    return files
+
+
+def two_character_shot(cast: dict[str, Path], *, keyframe: bool = False, refs=None) -> Shot:
+    refs = refs or [cast[k] for k in ("marlow-front", "marlow-side", "vera-back", "vera-front", "vera-side")]
+    return Shot(
+        id="shot-01",
+        number=1,
+        # Vera is introduced first, so she is @Element1 although Marlow sorts first.
+        prompts={"kling": "[Camera: slow dolly] Vera waits at the bar; @Marlow walks in and Vera turns."},
+        duration_s=5,
+        aspect_ratio="16:9",
+        characters=("Marlow", "Vera"),
+        character_refs=tuple(refs),
+        start_frame=cast["frame"] if keyframe else None,
+    )
+
+
+# ---------------------------------------------------------------- Kling elements
+
+
+@pytest.mark.parametrize(
+    "model, tier, keyframe, endpoint",
+    [
+        ("kling_o3", "iteration", False, "fal-ai/kling-video/o3/standard/reference-to-video"),
+        ("kling_o3", "hero", False, "fal-ai/kling-video/o3/pro/reference-to-video"),
+        ("kling_v3", "standard", True, "fal-ai/kling-video/v3/pro/image-to-video"),
+    ],
+)
+def test_two_characters_are_two_elements(
+    compose_cfg, cast, tmp_path, model, tier, keyframe, endpoint
+) -> None:
+    shot = two_character_shot(cast, keyframe=keyframe)
+    [job] = plan_jobs([shot], spec_for(compose_cfg, model, tier), provider="fal", seed=1).jobs
+    assert job.endpoint == endpoint
+    vera, marlow = job.payload["elements"]
+    assert vera["frontal_image_url"] == cast["vera-front"].as_uri()
+    assert vera["reference_image_urls"] == [cast["vera-back"].as_uri(), cast["vera-side"].as_uri()]
+    assert marlow == {
+        "frontal_image_url": cast["marlow-front"].as_uri(),
+        "reference_image_urls": [cast["marlow-side"].as_uri()],
+    }
+    assert job.prompt == (
+        "[Camera: slow dolly] Vera (@Element1) waits at the bar; @Element2 walks in and Vera turns."
+    )
+    assert job.files["elements[0].reference_image_urls[1]"] == cast["vera-side"]
+    assert set(validate_jobs([job], snapshot_store(tmp_path, [job]))) == {endpoint}
+
+
+def test_a_character_with_one_portrait_is_a_clear_error(compose_cfg, cast, tmp_path) -> None:
+    shot = two_character_shot(cast, refs=[cast["marlow-front"], cast["vera-front"], cast["vera-side"]])
+    plan = plan_jobs([shot], spec_for(compose_cfg, "kling_o3", "standard"), provider="fal", seed=1)
+    with pytest.raises(PayloadInvalid) as err:
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, plan.jobs))
+    [line] = str(err.value).splitlines()
+    assert line.startswith(
+        "shot-01: model=kling_o3 endpoint=fal-ai/kling-video/o3/standard/reference-to-video "
+        "field elements[1].reference_image_urls: 0 items, needs 1–3 (given: marlow-front.png); "
+        "a Kling element is one character: its front portrait plus 1–3 portraits from other angles"
+    )
+    assert "character_refs=false" in line
+
+
+def test_more_than_three_other_angles_is_refused(compose_cfg, cast, tmp_path) -> None:
+    extra = [write_png(cast["vera-front"].parent / f"vera-{a}.png", (768, 1024)) for a in ("left", "right")]
+    portraits = [path for name, path in cast.items() if name != "frame"]
+    shot = two_character_shot(cast, refs=portraits + extra)  # Vera: front + back, side, left, right
+    plan = plan_jobs([shot], spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=1)
+    with pytest.raises(PayloadInvalid, match=r"elements\[0\].reference_image_urls: 4 items, needs 1–3"):
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, plan.jobs))
+
+
+def test_kling_v3_keyframe_leaves_out_a_character_without_a_second_angle(compose_cfg, cast, tmp_path) -> None:
+    shot = two_character_shot(
+        cast, keyframe=True, refs=[cast["marlow-front"], cast["vera-front"], cast["vera-side"]]
+    )
+    [job] = plan_jobs([shot], spec_for(compose_cfg, "kling_v3", "hero"), provider="fal", seed=1).jobs
+    assert [e["frontal_image_url"] for e in job.payload["elements"]] == [cast["vera-front"].as_uri()]
+    assert "@Element1" in job.prompt and "@Element2" not in job.prompt
+    assert any("marlow-front.png not used" in note for note in job.notes)
+    validate_jobs([job], snapshot_store(tmp_path, [job]))
+
+
+def test_chinese_image_refs_point_at_the_characters_element(compose_cfg, cast) -> None:
+    refs = (cast["marlow-front"], cast["marlow-side"], cast["vera-front"], cast["vera-side"])
+    shot = Shot(
+        id="shot-02",
+        number=2,
+        prompts={"seedance": "0-3秒：@图片3 回头，@图片1 走近"},
+        duration_s=5,
+        characters=("Marlow", "Vera"),
+        character_refs=refs,
+    )
+    [job] = plan_jobs([shot], spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=1).jobs
+    assert job.prompt == "0-3秒：@Element1 回头，@Element2 走近"  # image 3 is Vera's front portrait
+    assert job.payload["elements"][0]["frontal_image_url"] == cast["vera-front"].as_uri()
+
+
+def test_an_unnamed_character_is_listed_on_a_last_line(compose_cfg, cast) -> None:
+    shot = Shot(
+        id="shot-03",
+        number=3,
+        prompts={"kling": "[Camera: static] Rain on the window."},
+        duration_s=5,
+        characters=("Marlow",),
+        character_refs=(cast["marlow-front"], cast["marlow-side"]),
+    )
+    [job] = plan_jobs([shot], spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=1).jobs
+    assert job.prompt == "[Camera: static] Rain on the window.\n@Element1: Marlow"
+
+
+def test_image_list_rules_of_every_model() -> None:
+    """Every image-list field a model config fills carries its limits as rules."""
+    rules = {}
+    for model in LIVE_MODELS:
+        cfg = OmegaConf.load(REPO / f"aivp_batch/conf/model/{model}.yaml")
+        for key, mode in (cfg.get("fal") or {}).get("modes", {}).items():
+            if "character_refs" in (mode.get("fields") or {}):
+                rules[(model, key)] = [
+                    (r.path, r.min_items, r.max_items) for r in parse_rules(model, mode.get("rules"))
+                ]
+    assert rules == {
+        ("kling_o3", "ref"): [("elements[*].reference_image_urls", 1, 3)],
+        ("kling_v3", "i2v"): [("elements[*].reference_image_urls", 1, 3)],
+        ("seedance_v2", "ref"): [("image_urls", 1, 9)],
+        ("veo31", "ref"): [("image_urls", 1, 3)],
+    }
+
+
+def test_payload_rule_locations_and_bounds() -> None:
+    rule = PayloadRule("elements[*].reference_image_urls", min_items=1, max_items=3)
+    payload = {"elements": [{"frontal_image_url": "a"}, {"reference_image_urls": ["b", "c"]}]}
+    assert rule.locations(payload) == [
+        ("elements[0].reference_image_urls", None),
+        ("elements[1].reference_image_urls", ["b", "c"]),
+    ]
+    assert rule.check(None) == "0 items, needs 1–3" and rule.check(["b"]) is None
+    assert rule.locations({"prompt": "x"}) == []  # no elements sent: nothing to check
+    assert PayloadRule("image_urls", max_items=2).check(["a", "b", "c"]) == "3 items, needs 0–2"
+    with pytest.raises(ConfigError, match="needs min_items and/or max_items"):
+        parse_rules("m", [{"path": "image_urls"}])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        parse_rules("m", [{"path": "image_urls", "max": 3}])
+
+
+# ---------------------------------------------------------------- tiers and prices
+
+
+def fixed_storyboard(tmp_path: Path) -> list[Shot]:
+    ff = write_png(tmp_path / "f/ff.png", (1280, 720))
+    lf = write_png(tmp_path / "f/lf.png", (1280, 720), (1, 2, 3))
+    refs = (
+        write_png(tmp_path / "image/characters/ada-front.png", (768, 1024)),
+        write_png(tmp_path / "image/characters/ada-side.png", (768, 1024), (9, 9, 9)),
+    )
+    prompts = {"seedance": "0-4秒：@图片1 走过", "kling": "Ada walks past.", "motion": "Ada walks past."}
+    base = {"prompts": prompts, "duration_s": 5, "aspect_ratio": "16:9"}
+    return [
+        Shot(id="shot-01", number=1, **base),
+        Shot(id="shot-02", number=2, start_frame=ff, **base),
+        Shot(id="shot-03", number=3, start_frame=ff, end_frame=lf, **base),
+        Shot(id="shot-04", number=4, characters=("Ada",), character_refs=refs, **base),
+    ]
+
+
+# Where a cheaper (or dearer) variant or setting exists, the tiers must differ.
+STRICTLY_CHEAPER_ITERATION = {
+    "seedance_v15", "seedance_v1", "seedance_v2", "kling_o3", "kling_v3", "kling_v26", "veo31", "hailuo02"
+}  # fmt: skip
+STRICTLY_DEARER_HERO = {"seedance_v15", "seedance_v1", "seedance_v2", "kling_o3", "veo31", "hailuo02"}
+
+
+@pytest.mark.parametrize("model", LIVE_MODELS)
+def test_iteration_is_the_cheapest_tier(compose_cfg, tmp_path, model) -> None:
+    shots = fixed_storyboard(tmp_path)
+    totals = {}
+    for tier in ("iteration", "standard", "hero"):
+        plan = plan_jobs(shots, spec_for(compose_cfg, model, tier), provider="fal", seed=1)
+        assert not plan.errors, plan.errors
+        totals[tier] = plan.total_usd
+    assert totals["iteration"] <= totals["standard"] <= totals["hero"], totals
+    if model in STRICTLY_CHEAPER_ITERATION:
+        assert totals["iteration"] < totals["standard"], totals
+    if model in STRICTLY_DEARER_HERO:
+        assert totals["standard"] < totals["hero"], totals
+
+
+def test_kling_o3_iteration_uses_standard_references_and_no_audio(compose_cfg, tmp_path) -> None:
+    jobs = plan_jobs(
+        fixed_storyboard(tmp_path), spec_for(compose_cfg, "kling_o3", "iteration"), provider="fal", seed=1
+    ).jobs
+    assert {j.key: j.endpoint.split("/")[3] for j in jobs} == {
+        "shot-01": "pro", "shot-02": "pro", "shot-03": "pro", "shot-04": "standard"
+    }  # fmt: skip
+    assert all(j.payload["generate_audio"] is False for j in jobs)
+    assert [j.estimate_usd for j in jobs] == [1.12, 1.12, 1.12, pytest.approx(0.825)]
+
+
+def test_hailuo_is_priced_at_what_it_renders(compose_cfg, tmp_path) -> None:
+    t2v, i2v, *_ = fixed_storyboard(tmp_path)
+    iteration = spec_for(compose_cfg, "hailuo02", "iteration")
+    [text, image] = plan_jobs([t2v, i2v], iteration, provider="fal", seed=1).jobs
+    # Standard text-to-video has no resolution field: fal renders 768P, $0.045/s × 6 s.
+    assert "resolution" not in text.payload and text.settings["resolution"] == "768P"
+    assert text.estimate_usd == pytest.approx(0.27)
+    assert image.payload["resolution"] == "512P" and image.estimate_usd == pytest.approx(0.102)
+    hero = plan_jobs([t2v], spec_for(compose_cfg, "hailuo02", "hero"), provider="fal", seed=1).jobs[0]
+    assert hero.settings["resolution"] == "1080P" and hero.estimate_usd == pytest.approx(0.48)
+
+
+def test_budget_warning_says_how_many_shots_fit(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "kling_v26", "standard")  # $0.14/s: $0.70 a 5 s shot
+    shots = [Shot(id=f"shot-{n:02d}", number=n, prompts={"kling": "x"}, duration_s=5) for n in range(1, 11)]
+    plan: Plan = plan_jobs(shots, spec, provider="fal", seed=1)
+    assert budget_warning(plan, 5.0) == (
+        "the plan's estimate $7.00 exceeds budget_usd=5: 7 of 10 shots fit $5.00; not submitted: "
+        "shot-08, shot-09, shot-10 (raise budget_usd or pick another tier/model)"
+    )
+
+
+# ---------------------------------------------------------------- retired
+
+
+def test_sora2_is_retired(compose_cfg) -> None:
+    cfg = OmegaConf.to_container(compose_cfg("model=sora2"), resolve=True)
+    with pytest.raises(ConfigError) as err:
+        build_model_spec(cfg["model"], cfg["provider"], "standard")
+    assert str(err.value) == (
+        "model=sora2 is retired: OpenAI shut the Sora 2 API on 2026-09-24 and fal removed "
+        "fal-ai/sora-2/*; use model=veo31 or model=kling_v3"
+    )
+
+
+def test_sora2_dry_run_exits_2_with_one_line(tmp_path) -> None:
+    proc = run_cli(f"project_dir={EXAMPLE}", "model=sora2", "dry_run=true", "offline=true", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "aivp-batch: error: model=sora2 is retired: OpenAI shut the Sora 2 API on 2026-09-24 and fal "
+        "removed fal-ai/sora-2/*; use model=veo31 or model=kling_v3"
+    ]
+    assert proc.stdout == ""

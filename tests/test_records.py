@@ -1,0 +1,205 @@
+"""The records tell the truth: seeds, logs of clips that exist, plan.md, file modes and text."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE
+from test_runner_fal import KEY, fal_overrides, logs, run_in_process
+
+from aivp_batch.errors import AuthError
+from aivp_batch.planning import unused_inputs
+from aivp_batch.records import NO_SEED, plan_row
+from aivp_batch.testing.fal_server import FakeFal
+
+FF = "image/frames/shot-01-ff.png"
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "film"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
+    return dest
+
+
+@pytest.fixture
+def fal():
+    with FakeFal(key=KEY, latency_s=0.2) as server:
+        yield server
+
+
+def log_bytes(film: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((film / "video/log").glob("*.json"))}
+
+
+def test_the_seed_shown_is_the_one_sent_across_reruns(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run1", monkeypatch)
+    assert code == 0
+    first = logs(film)
+    assert all(log["seed"] == log["payload"]["seed"] for log in first.values())
+    code, summary = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run2", monkeypatch)
+    again = logs(film)
+    assert code == 0 and all(result["reused"] for result in summary["results"])
+    assert {s: log["seed"] for s, log in again.items()} == {s: log["seed"] for s, log in first.items()}
+    plan = (film / "video/plan.md").read_text()
+    assert all(f"| {log['seed']} |" in plan for log in again.values())
+    # An edited keyframe is a new render of shot-01, with the shot's seed, not a new random one.
+    with (film / FF).open("ab") as f:
+        f.write(b"\0")  # the PNG still decodes; its bytes (so the job identity) changed
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run3", monkeypatch)
+    edited = logs(film)["shot-01"]
+    assert code == 0 and not edited.get("reused") and fal.stats.calls["submit"] == 5
+    assert edited["seed"] == edited["payload"]["seed"] == first["shot-01"]["seed"]
+
+
+def test_a_model_without_a_seed_says_so_in_the_plan(fal, film, tmp_path, monkeypatch) -> None:
+    overrides = fal_overrides(fal, film, tmp_path, "model=kling_v25_turbo", "shots=[2,3]")
+    code, _ = run_in_process(overrides, tmp_path / "run", monkeypatch)
+    assert code == 0
+    plan = (film / "video/plan.md").read_text()
+    assert plan.count(NO_SEED) == 2 and "`kling_v25_turbo`" in plan
+    assert all(log["seed_sent"] is False and "seed" not in log["payload"] for log in logs(film).values())
+    # The shot's portrait is not part of a T2V request on this model, and the plan says so.
+    assert "portraits elena-front.png, elena-side.png not used by model=kling_v25_turbo in T2V" in plan
+
+
+@pytest.mark.parametrize("how", ["budget", "bad_key", "server_down"])
+def test_a_refused_run_leaves_existing_logs_byte_identical(fal, film, tmp_path, monkeypatch, how) -> None:
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run1", monkeypatch)
+    assert code == 0
+    with (film / FF).open("ab") as f:  # shot-01 now needs a new render
+        f.write(b"\0")
+    before, plan_before = log_bytes(film), (film / "video/plan.md").read_bytes()
+    extra, key = [], KEY
+    if how == "budget":
+        extra = ["budget_usd=0"]
+    elif how == "bad_key":
+        key = "wrong"
+    else:
+        extra = ["provider.queue_url=http://127.0.0.1:9", "provider.api_url=http://127.0.0.1:9"]
+        extra += ["provider.retry.attempts=1"]
+    try:
+        code, _ = run_in_process(
+            fal_overrides(fal, film, tmp_path, *extra), tmp_path / "run2", monkeypatch, key
+        )
+    except AuthError:
+        code = 2
+    assert code in (1, 2)
+    assert log_bytes(film) == before
+    if how != "server_down":  # the refused shot's row is unchanged too
+        assert (film / "video/plan.md").read_bytes().count(b"| done |") == plan_before.count(b"| done |")
+    assert fal.stats.calls["submit"] == 4
+
+
+def test_a_never_submitted_log_costs_nothing(fal, film, tmp_path, monkeypatch) -> None:
+    code, _ = run_in_process(
+        fal_overrides(fal, film, tmp_path, "budget_usd=0"), tmp_path / "run", monkeypatch
+    )
+    assert code == 1
+    assert all(log["status"] == "failed" and log["cost_usd"] == 0 for log in logs(film).values())
+    plan = (film / "video/plan.md").read_text()
+    assert plan.count("would pass budget_usd=0") == 4  # the Note column says why
+
+
+def test_plan_numbers_are_shot_numbers_and_notes_say_why(fal, film, tmp_path, monkeypatch) -> None:
+    overrides = fal_overrides(fal, film, tmp_path, "model=kling_v26", "shots=[2,4]")
+    code, _ = run_in_process(overrides, tmp_path / "run", monkeypatch)
+    assert code == 0
+    rows = [
+        line
+        for line in (film / "video/plan.md").read_text().splitlines()
+        if line.startswith("| ") and "shot-" in line
+    ]
+    assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 4"]
+    assert all("`kling_v26`" in row and "`video/clips/shot-0" in row for row in rows)
+    assert "raised to 10s" in rows[0] or "10" in rows[0].split(" | ")[-1]  # 6 s → 10 s on Kling 2.6
+    # The Kling prompt's own "(Duration: …)" text says what is rendered.
+    log = logs(film)["shot-02"]
+    assert "(Duration: 6s)" not in log["prompt"]
+
+
+def test_kling_duration_text_follows_a_raised_duration(compose_cfg) -> None:
+    from aivp_batch.app import build_plan, resolve_paths
+
+    cfg = compose_cfg(f"project_dir={EXAMPLE}", "model=kling_v26", "shots=[2]")
+    plan, _, _ = build_plan(cfg, resolve_paths(cfg, EXAMPLE / "none"))
+    [job] = plan.jobs
+    assert job.duration_s == 10 and job.duration_note
+    assert "(Duration: 10s)" in job.prompt or "Duration" not in job.prompt
+
+
+def test_unused_inputs_are_named() -> None:
+    from aivp_batch.storyboard import Shot
+
+    ff, lf, face = (
+        Path("/p/image/frames/shot-02-ff.png"),
+        Path("/p/image/frames/shot-02-lf.png"),
+        Path("/p/c/a.png"),
+    )
+    shot = Shot(id="shot-02", number=2, start_frame=ff, end_frame=lf, character_refs=(face,))
+    notes = unused_inputs(shot, "sora2", "I2V", [ff])
+    assert notes == (
+        "end frame shot-02-lf.png not used: model=sora2 takes none in I2V",
+        "portraits a.png not used by model=sora2 in I2V",
+    )
+    assert unused_inputs(shot, "x", "FLF", [ff, lf, face]) == ()
+
+
+def test_plan_cells_stay_in_their_columns() -> None:
+    row = plan_row({"id": "shot-01", "status": "failed", "error": "bad | value\nsecond line"})
+    assert row.count(" | ") == 8 and "bad \\| value second line" in row
+
+
+def test_files_get_the_umask_mode_and_keep_unicode(tmp_path: Path) -> None:
+    film = tmp_path / "film"
+    import shutil
+
+    shutil.copytree(EXAMPLE, film, ignore=shutil.ignore_patterns("video", ".aivp"))
+    env = {**os.environ, "AIVP_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "aivp_batch", f"project_dir={film}", "provider=preview", "shots=[3]"]
+    proc = subprocess.run(
+        ["sh", "-c", 'umask 022 && exec "$@"', "sh", *cmd, f"hydra.run.dir={tmp_path / 'run'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for path in [film / "video/plan.md", film / "video/log/shot-03.json", tmp_path / "run/summary.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    text = (film / "video/log/shot-03.json").read_text(encoding="utf-8")
+    prompt = json.loads(text)["prompt"]
+    assert "\\u" not in text and (prompt.isascii() or any(ord(c) > 127 for c in text))
+
+
+def test_two_runs_in_one_second_get_two_run_dirs(tmp_path: Path) -> None:
+    film = tmp_path / "film"
+    import shutil
+
+    shutil.copytree(EXAMPLE, film, ignore=shutil.ignore_patterns("video", ".aivp"))
+    env = {**os.environ, "AIVP_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "aivp_batch",
+        f"project_dir={film}",
+        "provider=preview",
+        "shots=[3]",
+        "dry_run=true",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    runs = sorted((tmp_path / "outputs/runs").iterdir())
+    assert len(runs) == 2 and all((r / "summary.json").exists() for r in runs)
