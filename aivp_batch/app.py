@@ -126,6 +126,7 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
         max_prompt_chars=cfg.get("max_prompt_chars"),
         previous_seeds=recorded_seeds(paths.output_dir),
     )
+    plan.unplanned = {p.shot: f"{p.file}: {p.message}" for p in board.problems if p.shot}
     return plan, problems, list(board.warnings)
 
 
@@ -177,8 +178,8 @@ def format_plan(plan: Plan, model: str | None = None) -> str:
         lines = [
             f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}"
         ]
-        if job.duration_note:
-            lines.append(f"{'':<10} note: {job.duration_note}")
+        for note in filter(None, [job.duration_note, *job.notes]):
+            lines.append(f"{'':<10} note: {note}")
         rows.append((job.shots[0].number if job.shots else math.inf, lines))
     for error in plan.errors:
         key, message = _plan_error(error)
@@ -289,9 +290,16 @@ def rerender_ids(cfg: DictConfig, jobs: list[Job]) -> frozenset[str]:
 
 
 async def execute(
-    cfg: DictConfig, jobs: list[Job], paths: Paths, schemas: dict[str, EndpointSchema]
+    cfg: DictConfig,
+    jobs: list[Job],
+    paths: Paths,
+    schemas: dict[str, EndpointSchema],
+    unplanned: dict[str, str] | None = None,
 ) -> list[JobResult]:
     run_id = uuid.uuid4().hex[:12]
+    board = PlanBoard(paths.output_dir)
+    for shot_id, reason in (unplanned or {}).items():
+        board.unplanned(shot_id, reason)
     ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id)
     progress = Progress([j.key for j in jobs])
     ctx = RunContext(
@@ -302,7 +310,7 @@ async def execute(
         tier=str(cfg.tier.name),
         journal=Journal(paths.store_dir),
         ledger=ledger,
-        board=PlanBoard(paths.output_dir),
+        board=board,
         max_in_flight=int(cfg.provider.max_in_flight),
         schemas=schemas,
         resubmit_unknown=bool(cfg.get("resubmit_unknown", False)),
@@ -398,6 +406,12 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     budget = _budget(cfg)
     if budget is not None and plan.total_usd > budget:
         warnings.append(budget_warning(plan, budget))
+    unseeded = [job for job in plan.jobs if job.seed_field is None]
+    if cfg.seed is not None and unseeded:  # once, not once per shot
+        which = "its endpoints" if len(unseeded) == len(plan.jobs) else "some of its endpoints"
+        warnings.append(
+            f"model={cfg.model.name} takes no seed on {which}: seed={cfg.seed} is recorded, not sent"
+        )
     for warning in [*warnings, *store.warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     summary: dict[str, Any] = {
@@ -420,7 +434,7 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         return (EXIT_FAILED if problems else EXIT_OK), summary
     # One run at a time per store, held from before the first request until the last record.
     with StoreLock(paths.store_dir, _lock_wait(cfg)):
-        results = asyncio.run(execute(cfg, plan.jobs, paths, schemas))
+        results = asyncio.run(execute(cfg, plan.jobs, paths, schemas, plan.unplanned))
     done = sum(r.status == "done" for r in results)
     costs = cost_totals(results)
     summary.update(

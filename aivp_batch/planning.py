@@ -71,6 +71,7 @@ class Job:
 class Plan:
     jobs: list[Job]
     errors: list[str]  # one line each: shot/file, model, what is wrong
+    unplanned: dict[str, str] = field(default_factory=dict)  # shot id → why its spec was unusable
 
     @property
     def total_usd(self) -> float:

@@ -186,6 +186,12 @@ class PlanBoard:
         self._written_at = 0.0
         self._pending: asyncio.TimerHandle | None = None
 
+    def unplanned(self, shot_id: str, reason: str) -> None:
+        """A shot whose spec could not be used: listed as failed with the reason. A shot that
+        has a log (a clip from before) keeps it: the broken spec changed nothing on disk."""
+        if shot_id not in self._rows:
+            self.update(shot_id, {"id": shot_id, "type": "clip", "status": FAILED, "error": reason})
+
     def has(self, shot_id: str) -> bool:
         return shot_id in self._rows
 

@@ -10,6 +10,7 @@ Journal states per job identity (see records.py): a `done` job is reused (zero r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -230,7 +231,10 @@ class _JobRun:
         return True
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
-        delivered = self._place_clip(record)
+        try:
+            delivered = self._place_clip(record)
+        except OSError as exc:
+            return self._undelivered(exc)
         last = [self.ctx.board.delivered.get(shot.id) or {} for shot in self.job.shots]
         if all(d.get("identity") == self.job.identity and d.get("delivered") == delivered for d in last):
             # Nothing about the shot changed: its log and row stay exactly as they are.
@@ -442,10 +446,14 @@ class _JobRun:
             },
         )
         await ledger.settle(job.key, job.identity, done["cost_usd"], done["cost_source"])
+        try:
+            delivered = self._place_clip(done)
+        except OSError as exc:
+            return self._undelivered(exc, cost_usd=done["cost_usd"])
         self.record(
             "done",
             **_done_fields(done),
-            delivered=self._place_clip(done),
+            delivered=delivered,
             timings={
                 **self.log.get("timings", {}),
                 **outcome.timings,
@@ -530,6 +538,14 @@ class _JobRun:
             "has_audio": info.has_audio,
         }
 
+    def _undelivered(self, exc: OSError, **fields: Any) -> JobResult:
+        """The clip is paid for and safe in the store; only its copy in video/clips failed."""
+        where = relpath(self.ctx.delivered(self.job.key), self.ctx.output_dir.parent)
+        reason = exc.strerror or type(exc).__name__
+        return self.fail(
+            f"could not write {where} ({reason}); rerun to deliver it: nothing is bought again", **fields
+        )
+
     def _place_clip(self, record: Mapping[str, Any]) -> dict[str, int]:
         """Deliver the stored clip to video/clips/<shot>.mp4 as a copy of its own (a reflink where the
         file system has them), so editing it never touches the paid-for original. Returns the
@@ -548,6 +564,19 @@ class _JobRun:
             stat = dest.stat()
             stamp = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         return stamp
+
+
+async def _price_unpriced(runs: list[_JobRun], provider: Provider) -> None:
+    """Jobs with no estimate (model=auto without model.pricing) are priced from the provider's unit
+    price where its unit is plain, so the budget holds them too."""
+    for run in runs:
+        if run.job.estimate_usd:
+            continue
+        price = await provider.unit_price(run.job.endpoint)
+        units = expected_units(price.unit, float(run.job.duration_s)) if price else None
+        if price is not None and units is not None:
+            run.job = dataclasses.replace(run.job, estimate_usd=round(units * price.unit_price, 4))
+            run.log["estimate_usd"] = run.job.estimate_usd
 
 
 async def _check_prices(jobs: list[Job], provider: Provider, ctx: RunContext) -> None:
@@ -709,6 +738,7 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
             run.record("pending")
     if pending:  # a rejected key stops the run here, before any upload or submit
         await provider.check_auth([run.job.endpoint for run in pending])
+        await _price_unpriced(pending, provider)
         await _check_prices([run.job for run in pending], provider, ctx)
     slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
     locks: dict[str, asyncio.Lock] = {}

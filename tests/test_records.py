@@ -203,3 +203,54 @@ def test_two_runs_in_one_second_get_two_run_dirs(tmp_path: Path) -> None:
     assert all(p.wait(timeout=120) == 0 for p in procs)
     runs = sorted((tmp_path / "outputs/runs").iterdir())
     assert len(runs) == 2 and all((r / "summary.json").exists() for r in runs)
+
+
+def test_a_shot_whose_spec_cannot_be_read_is_listed_as_failed(fal, film, tmp_path, monkeypatch) -> None:
+    (film / "storyboard/storyboard-final/shots/shot-03.md").write_bytes(b"\xff\xfe not text")
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path), tmp_path / "run", monkeypatch)
+    assert code == 1
+    [row] = [line for line in (film / "video/plan.md").read_text().splitlines() if "shot-03" in line]
+    assert row.startswith("| 3 | shot-03 |") and "| failed |" in row and "shot-03.md" in row
+
+
+def test_the_dry_run_names_unused_inputs_and_an_ignored_seed(film, tmp_path, monkeypatch, capsys) -> None:
+    overrides = [f"project_dir={film}", "model=kling_v25_turbo", "seed=7", "dry_run=true", "offline=true"]
+    code, _ = run_in_process(
+        [*overrides, f"schema_cache_dir={tmp_path / 'c'}"], tmp_path / "run", monkeypatch
+    )
+    out = capsys.readouterr()
+    assert code == 0
+    assert out.err.count("takes no seed") == 1 and "seed=7 is recorded, not sent" in out.err
+    assert (
+        "note: portraits elena-front.png, elena-side.png not used by model=kling_v25_turbo in T2V" in out.out
+    )
+
+
+def test_a_clip_that_cannot_be_delivered_is_one_line_and_the_rerun_delivers_it(
+    fal, film, tmp_path, monkeypatch
+) -> None:
+    (film / "video/clips/shot-03.mp4.part").mkdir(parents=True)  # in the way of the copy
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "shots=[3]"), tmp_path / "run", monkeypatch)
+    assert code == 1
+    error = logs(film)["shot-03"]["error"]
+    assert (
+        error.startswith("could not write video/clips/shot-03.mp4 (") and "nothing is bought again" in error
+    )
+    (film / "video/clips/shot-03.mp4.part").rmdir()
+    code, _ = run_in_process(fal_overrides(fal, film, tmp_path, "shots=[3]"), tmp_path / "run2", monkeypatch)
+    assert code == 0 and fal.stats.calls["submit"] == 1 and (film / "video/clips/shot-03.mp4").is_file()
+
+
+def test_model_auto_is_priced_from_fal_unit_price_so_the_budget_holds(film, tmp_path, monkeypatch) -> None:
+    t2v = "fal-ai/kling-video/v2.6/pro/text-to-video"
+    with FakeFal(key=KEY, latency_s=0.2, prices={t2v: (0.07, "seconds")}) as fal:
+        auto = ["model=auto", f"model.endpoint={t2v}", "shots=[3]"]
+        code, _ = run_in_process(
+            fal_overrides(fal, film, tmp_path, *auto, "budget_usd=0.1"), tmp_path / "r1", monkeypatch
+        )
+        assert code == 1 and fal.stats.calls["submit"] == 0
+        assert "would pass budget_usd=0.1" in logs(film)["shot-03"]["error"]  # 5 s × $0.07 = $0.35
+        code, summary = run_in_process(
+            fal_overrides(fal, film, tmp_path, *auto, "budget_usd=1"), tmp_path / "r2", monkeypatch
+        )
+        assert code == 0 and summary["billed_usd"] == pytest.approx(0.35)
