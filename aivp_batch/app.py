@@ -406,6 +406,11 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     budget = _budget(cfg)
     if budget is not None and plan.total_usd > budget:
         warnings.append(budget_warning(plan, budget))
+    portraits = {p for job in plan.jobs for shot in job.shots for p in shot.character_refs}
+    if portraits and not portraits & {p for job in plan.jobs for p in job.files.values()}:
+        warnings.append(
+            f"model={cfg.model.name} uses no character portraits here: image/characters/ is not sent"
+        )
     unseeded = [job for job in plan.jobs if job.seed_field is None]
     if cfg.seed is not None and unseeded:  # once, not once per shot
         which = "its endpoints" if len(unseeded) == len(plan.jobs) else "some of its endpoints"

@@ -67,8 +67,7 @@ def test_a_model_without_a_seed_says_so_in_the_plan(fal, film, tmp_path, monkeyp
     plan = (film / "video/plan.md").read_text()
     assert plan.count(NO_SEED) == 2 and "`kling_v25_turbo`" in plan
     assert all(log["seed_sent"] is False and "seed" not in log["payload"] for log in logs(film).values())
-    # The shot's portrait is not part of a T2V request on this model, and the plan says so.
-    assert "portraits elena-front.png, elena-side.png not used by model=kling_v25_turbo in T2V" in plan
+    assert "not used" not in plan  # v2.5 Turbo takes shot-02's end frame (tail_image_url)
 
 
 @pytest.mark.parametrize("how", ["budget", "bad_key", "server_down"])
@@ -146,11 +145,8 @@ def test_unused_inputs_are_named() -> None:
     )
     shot = Shot(id="shot-02", number=2, start_frame=ff, end_frame=lf, character_refs=(face,))
     notes = unused_inputs(shot, "sora2", "I2V", [ff])
-    assert notes == (
-        "end frame shot-02-lf.png not used: model=sora2 takes none in I2V",
-        "portraits a.png not used by model=sora2 in I2V",
-    )
-    assert unused_inputs(shot, "x", "FLF", [ff, lf, face]) == ()
+    assert notes == ("end frame shot-02-lf.png not used: model=sora2 takes none in I2V",)
+    assert unused_inputs(shot, "x", "FLF", [ff, lf]) == ()
 
 
 def test_plan_cells_stay_in_their_columns() -> None:
@@ -221,9 +217,7 @@ def test_the_dry_run_names_unused_inputs_and_an_ignored_seed(film, tmp_path, mon
     out = capsys.readouterr()
     assert code == 0
     assert out.err.count("takes no seed") == 1 and "seed=7 is recorded, not sent" in out.err
-    assert (
-        "note: portraits elena-front.png, elena-side.png not used by model=kling_v25_turbo in T2V" in out.out
-    )
+    assert out.err.count("uses no character portraits here") == 1
 
 
 def test_a_clip_that_cannot_be_delivered_is_one_line_and_the_rerun_delivers_it(
