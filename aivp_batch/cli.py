@@ -88,8 +88,13 @@ def override_problem(argv: list[str]) -> str | None:
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as exc:
-        detail = "; ".join(line.strip() for line in exc.message.splitlines() if line.strip())
-        return f"cannot read the override {exc.override!r}: {detail}"
+        detail = exc.message.splitlines()[0].strip() if exc.message.strip() else ""
+        if not detail or "expecting" in detail:  # the grammar's token list helps nobody
+            detail = "not valid override syntax"
+        return (
+            f"cannot read the override {exc.override!r} ({detail}); a value with spaces, commas or "
+            """quotes goes in double quotes inside single ones: 'manifest.prompt="A slow pan, at dawn"'"""
+        )
     if args.multirun:
         return None
     for override in overrides:
