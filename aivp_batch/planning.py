@@ -210,11 +210,17 @@ def _plan_shot(
 
 
 def unused_inputs(shot: Shot, model: str, mode: str, sent: Iterable[Path]) -> tuple[str, ...]:
-    """The shot's own frames that this model's payload does not carry (Sora ignores an end frame).
-    Portraits are shared by every shot: whether a model uses them is said once, in the run's warnings."""
-    if shot.end_frame is not None and shot.end_frame not in set(sent):
-        return (f"end frame {shot.end_frame.name} not used: model={model} takes none in {mode}",)
-    return ()
+    """The shot's inputs that this model's payload does not carry (Sora ignores an end frame; a
+    Kling element needs two views of a character). A model that takes no portraits at all is said
+    once, in the run's warnings, not on every shot."""
+    used = set(sent)
+    notes = []
+    if shot.end_frame is not None and shot.end_frame not in used:
+        notes.append(f"end frame {shot.end_frame.name} not used: model={model} takes none in {mode}")
+    unused = [p.name for p in shot.character_refs if p not in used]
+    if unused and used & set(shot.character_refs):
+        notes.append(f"portraits {', '.join(unused)} not used by model={model} in {mode}")
+    return tuple(notes)
 
 
 def check_text_sizes(shot: Shot, mode_spec: ModeSpec, payload: Mapping[str, Any], cap: int) -> None:

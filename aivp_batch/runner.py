@@ -196,7 +196,7 @@ class _JobRun:
 
     def _keep(self, edited: list[Path]) -> JobResult:
         for path in edited:
-            shown = relpath(path, self.ctx.project_dir)
+            shown = relpath(path, self.ctx.output_dir.parent)
             self.ctx.warn(
                 f"{shown} was changed on disk; keeping it (rerender=[{self.job.key}] renders it again)"
             )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,24 @@ from aivp_batch.snapshot import SNAPSHOT_DIR
 REPO = Path(__file__).resolve().parents[1]
 FAL_SCHEMAS = SNAPSHOT_DIR  # the bundled, prose-free snapshot of fal's documents
 EXAMPLE = REPO / "examples" / "short-film"
+FAL_TEST_KEY = "fal-test-key-SECRET-1234"  # the fake server's key: never a real one
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    """A copy of the example project, without anything rendered."""
+    dest = tmp_path / "film"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
+    return dest
+
+
+@pytest.fixture
+def fal():
+    """A fake fal server on loopback, serving the bundled schema snapshot."""
+    from aivp_batch.testing.fal_server import FakeFal
+
+    with FakeFal(key=FAL_TEST_KEY, latency_s=0.3) as server:
+        yield server
 
 
 @pytest.fixture

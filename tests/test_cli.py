@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, FAL_SCHEMAS
+from conftest import FAL_SCHEMAS
 
 from aivp_batch.media import probe
 
@@ -28,13 +28,6 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def film(tmp_path: Path) -> Path:
-    dest = tmp_path / "film"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
-    return dest
 
 
 def test_preview_run_of_the_example_project(film: Path, tmp_path: Path) -> None:

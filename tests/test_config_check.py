@@ -24,7 +24,6 @@ from aivp_batch.models import _TIER_RESERVED
 from aivp_batch.user_conf import PACKAGED_CONF
 
 SHOT_04 = "storyboard/storyboard-final/shots/shot-04.md"
-film = test_cli.film  # the fixture: a copy of the example project
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -21,21 +21,6 @@ from aivp_batch.testing.fal_server import FakeFal
 FF = "image/frames/shot-01-ff.png"
 
 
-@pytest.fixture
-def film(tmp_path: Path) -> Path:
-    import shutil
-
-    dest = tmp_path / "film"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
-    return dest
-
-
-@pytest.fixture
-def fal():
-    with FakeFal(key=KEY, latency_s=0.2) as server:
-        yield server
-
-
 def log_bytes(film: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((film / "video/log").glob("*.json"))}
 

@@ -13,27 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, FAL_SCHEMAS
+from conftest import FAL_SCHEMAS, FAL_TEST_KEY
 from hydra import compose, initialize_config_module
 
 from aivp_batch.app import run
 from aivp_batch.errors import AuthError
 from aivp_batch.testing.fal_server import FakeFal, Fault
 
-KEY = "fal-test-key-SECRET-1234"
-
-
-@pytest.fixture
-def film(tmp_path: Path) -> Path:
-    dest = tmp_path / "film"
-    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("video", ".aivp"))
-    return dest
-
-
-@pytest.fixture
-def fal():
-    with FakeFal(schemas_dir=FAL_SCHEMAS, key=KEY, latency_s=0.3) as server:
-        yield server
+KEY = FAL_TEST_KEY
 
 
 def fal_overrides(fal: FakeFal, film: Path, tmp_path: Path, *extra: str) -> list[str]:
