@@ -78,10 +78,11 @@ def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) ->
     return Paths(project, output, store, run_dir)
 
 
-def check_output_dirs(cfg: DictConfig, paths: Paths) -> None:
+def check_output_dirs(cfg: DictConfig, paths: Paths, create: bool | None = None) -> None:
     """The output and store folders must be folders this process can write in: made and probed
-    before a real run submits anything (a dry run, which writes neither, only checks)."""
-    create = not cfg.dry_run
+    before a real run submits anything (a dry run, which writes neither, only checks; so does a
+    sweep's plan, `create=False`)."""
+    create = not cfg.dry_run if create is None else create
     for key, path, subdirs in (
         ("output_dir", paths.output_dir, ("clips", "log")),
         ("store_dir", paths.store_dir, ("jobs", "clips")),
@@ -409,13 +410,15 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
     portraits = {p for job in plan.jobs for shot in job.shots for p in shot.character_refs}
     if portraits and not portraits & {p for job in plan.jobs for p in job.files.values()}:
         warnings.append(
-            f"model={cfg.model.name} uses no character portraits here: image/characters/ is not sent"
+            f"model={cfg.model.name} on provider={cfg.provider.name} uses no character portraits here: "
+            "image/characters/ is not sent"
         )
     unseeded = [job for job in plan.jobs if job.seed_field is None]
     if cfg.seed is not None and unseeded:  # once, not once per shot
         which = "its endpoints" if len(unseeded) == len(plan.jobs) else "some of its endpoints"
         warnings.append(
-            f"model={cfg.model.name} takes no seed on {which}: seed={cfg.seed} is recorded, not sent"
+            f"model={cfg.model.name} takes no seed on {which}: seed={cfg.seed} is not sent; "
+            "seeds become takes (each seed is its own render)"
         )
     for warning in [*warnings, *store.warnings]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -144,6 +144,7 @@ def main() -> None:
         sys.exit(EXIT_BAD_INPUT)
     if _user_wants_tracebacks():
         hydra_main()
+        _exit_after_sweep()
         return
     # Hydra prints its own errors over several lines and exits 1; with HYDRA_FULL_ERROR it raises
     # them instead, so a config that cannot be composed becomes one line and exit 2 here.
@@ -157,6 +158,17 @@ def main() -> None:
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
         os.environ.pop(_SET_BY_US, None)
+    _exit_after_sweep()
+
+
+def _exit_after_sweep() -> None:
+    """Hydra ignores what a sweep's members return: the aivp sweeper leaves the sweep's status
+    (2 some member had bad input, 1 some member failed, else 0) in `sweep.exit_code()`."""
+    from .sweep import exit_code
+
+    code = exit_code()
+    if code is not None:
+        sys.exit(code)
 
 
 _SET_BY_US = "AIVP_BATCH_SET_HYDRA_FULL_ERROR"  # so a launcher's worker process can tell too

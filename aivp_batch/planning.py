@@ -182,6 +182,7 @@ def _plan_shot(
         hashes,
         seed is None,
         seed_spec.field if seed_spec else None,
+        take=job_seed if seed is not None and seed_spec is None else None,
     )
     return Job(
         key=shot.id,
@@ -512,14 +513,21 @@ def job_identity(
     hashes: Mapping[str, str],
     seed_random: bool,
     seed_field: str | None = None,
+    take: int | None = None,
 ) -> str:
-    """sha256 of the canonical request: files by content, a randomly drawn seed as 'random'."""
+    """sha256 of the canonical request: files by content, a randomly drawn seed as 'random'.
+    `take`: the seed asked for (`seed=N`) on an endpoint that takes none. It is not sent, but it is
+    part of the identity, so `seed=1,2,3` there makes three takes (three renders), not one clip
+    reused three times; a random seed on such an endpoint stays out (the request is the same)."""
     uri_to_hash = {files[k].as_uri(): f"sha256:{hashes[k]}" for k in files}
     canon = replace_strings(dict(payload), uri_to_hash)
     if seed_random and seed_field and seed_field in canon:
         canon[seed_field] = "random"
+    request: dict[str, Any] = {"provider": provider, "endpoint": endpoint, "payload": canon}
+    if take is not None:
+        request["take"] = take
     blob = json.dumps(
-        {"provider": provider, "endpoint": endpoint, "payload": canon},
+        request,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -234,7 +234,12 @@ def test_sweep_members_get_their_own_clips_and_share_the_store(film: Path, tmp_p
     )
     assert proc.returncode == 0, proc.stderr
     members = sorted((tmp_path / "sweep").glob("*/summary.json"))
-    assert len(members) == 4
+    assert [m.parent.name for m in members] == [
+        "model=kling_v26,seed=1",
+        "model=kling_v26,seed=2",
+        "model=veo31,seed=1",
+        "model=veo31,seed=2",
+    ]
     durations = []
     for member in members:
         summary = json.loads(member.read_text())

@@ -201,7 +201,7 @@ def test_the_dry_run_names_unused_inputs_and_an_ignored_seed(film, tmp_path, mon
     )
     out = capsys.readouterr()
     assert code == 0
-    assert out.err.count("takes no seed") == 1 and "seed=7 is recorded, not sent" in out.err
+    assert out.err.count("takes no seed") == 1 and "seed=7 is not sent; seeds become takes" in out.err
     assert out.err.count("uses no character portraits here") == 1
 
 
