@@ -40,6 +40,7 @@ from .schemas import EndpointSchema, SchemaStore
 from .store_lock import StoreLock
 from .storyboard import Storyboard, select_shots
 from .validation import validate_jobs
+from .versions import versions
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -431,6 +432,7 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         "tier": cfg.tier.name,
         "budget_usd": _budget(cfg),
         "problems": problems,
+        "versions": versions(),
     }
     summary["plan"] = plan_json(plan, schemas, paths)
     if cfg.dry_run:

@@ -24,6 +24,7 @@ from .errors import AivpError, AuthError, InputError, SchemaUnavailable
 from .files import atomic_write_text
 from .keys import find_key, redact
 from .user_conf import ENV_VAR, group_options, missing_env_dir, shadowing_primary
+from .versions import versions
 
 
 def unknown_choice(argv: list[str]) -> str | None:
@@ -204,6 +205,7 @@ def hydra_main(cfg: DictConfig) -> int:
         code, summary = EXIT_FAILED, {"error": redact(f"{where}{exc.strerror or exc}", secrets)}
         print(f"aivp-batch: error: {summary['error']}", file=sys.stderr)
     summary.update(exit_status=code, choices=dict(hc.runtime.choices))
+    summary.setdefault("versions", versions())  # a run that stopped early says what ran it too
     try:
         atomic_write_text(
             run_dir / "summary.json",

@@ -32,6 +32,7 @@ from .providers.base import HistoryRow, Outcome, Provider, StatusUpdate, Submiss
 from .reconcile import LostSubmit, ReconcilePolicy, Verdict
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 from .schemas import EndpointSchema
+from .versions import versions
 
 DURATION_TOLERANCE_S = 0.6
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, bcachefs, APFS-like CoW)
@@ -721,7 +722,9 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "attempts": 0,
         "timings": {},
         "run_dir": str(ctx.run_dir),
+        "hydra_dir": str(ctx.run_dir / ".hydra"),  # the composed config and overrides (`aivp rerun`)
         "run_id": ctx.run_id,
+        "versions": versions(),
         "error": None,
     }
 

@@ -37,7 +37,8 @@ def preview_sweep(film: Path, tmp_path: Path, models: str, *extra: str) -> subpr
 
 
 def member_dirs(tmp_path: Path) -> list[str]:
-    return sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    """The member folders (the sweep folder also holds the gallery's `posters/`)."""
+    return sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "posters")
 
 
 def test_dry_run_sweep_prints_the_whole_table_and_renders_nothing(film: Path, tmp_path: Path) -> None:

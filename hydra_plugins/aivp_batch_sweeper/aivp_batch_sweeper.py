@@ -1,7 +1,8 @@
 """`hydra/sweeper: aivp` — Hydra's basic sweeper (same override syntax, same cartesian product)
 that plans, validates and prices every member before launching any (see `aivp_batch.sweep`),
 names each member's folder from its swept overrides, runs the members one at a time under one
-`budget_usd`, and leaves the sweep's exit status for `aivp_batch.cli.main`.
+`budget_usd`, writes the sweep's gallery (`aivp_batch.sweep_index`) when the last member is
+done, and leaves the sweep's exit status for `aivp_batch.cli.main`.
 """
 
 import sys
@@ -76,4 +77,7 @@ class AivpSweeper(BasicSweeper):
 
         returns = sw.run_members(members, launch, sweep_dir)
         sw.finish(members, sweep_dir, table, ran=True)
+        from aivp_batch.sweep_index import index_after_sweep
+
+        index_after_sweep(sweep_dir)  # index.json, index.html, contact-sheet.png
         return returns
