@@ -18,8 +18,9 @@ from aivp_batch.media import probe
 def run_cli(
     *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "AIVP_CACHE_DIR": str(cwd / "cache"), **(env or {})}
-    full_env.pop("FAL_KEY", None) if env is None or "FAL_KEY" not in env else None
+    # The user's key and config layer never leak into a test, unless the test passes them.
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FAL_KEY", "AIVP_CONFIG_DIR")}
+    full_env.update(AIVP_CACHE_DIR=str(cwd / "cache"), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "aivp_batch", *overrides, f"hydra.run.dir={cwd / 'run'}"],
         cwd=cwd,

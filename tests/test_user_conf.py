@@ -3,10 +3,8 @@ through Hydra's real search path (the `hydra_plugins/aivp_batch_searchpath` plug
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from conftest import EXAMPLE, REPO
 from hydra import compose, initialize_config_module
 from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 from omegaconf import OmegaConf
+from test_cli import run_cli
 
 from aivp_batch.cli import unknown_choice, user_conf_problems
 from aivp_batch.models import build_model_spec
@@ -62,19 +61,6 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(work)
     monkeypatch.delenv("AIVP_CONFIG_DIR", raising=False)
     return work
-
-
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("FAL_KEY", "AIVP_CONFIG_DIR")}
-    full_env.update(AIVP_CACHE_DIR=str(cwd / "cache"), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "aivp_batch", *args, f"hydra.run.dir={cwd / 'run'}"],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def dry_run(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
