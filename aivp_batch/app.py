@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from .auto_model import auto_model_spec, is_auto
 from .budget import Ledger
 from .config_check import check_config, check_writable_dir, models_allowing
-from .errors import AuthError, ConfigError, InputError
+from .errors import EXIT_FAILED, EXIT_OK, AuthError, ConfigError, InputError
 from .files import atomic_write_text
 from .keys import find_key, how_to_set
 from .manifest import load_shots
@@ -41,8 +41,6 @@ from .store_lock import StoreLock
 from .storyboard import Storyboard, select_shots
 from .validation import validate_jobs
 from .versions import versions
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 @dataclass

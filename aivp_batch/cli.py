@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
-from .app import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, run
+from .app import run
 from .config_check import unknown_key, unknown_setting
-from .errors import AivpError, AuthError, InputError, SchemaUnavailable
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, AivpError, AuthError, InputError, SchemaUnavailable
 from .files import atomic_write_text
 from .keys import find_key, redact
 from .user_conf import ENV_VAR, group_options, missing_env_dir, shadowing_primary

@@ -19,6 +19,9 @@ Every message is one line a user can act on, and never carries a secret.
 
 from __future__ import annotations
 
+# The command's exit statuses: every selected clip done / some clip failed / bad input, nothing spent.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
 
 class AivpError(Exception):
     """Base class of every deliberate aivp-batch error."""

@@ -31,11 +31,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from .errors import AivpError, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, AivpError, InputError
 from .files import atomic_write_text
 from .records import Journal
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 _last_exit: list[int] = []  # set by the sweeper, read (and cleared) by cli.main
 
