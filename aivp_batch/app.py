@@ -23,7 +23,7 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .auto_model import auto_model_spec, is_auto
-from .budget import Ledger
+from .budget import SWEEP_BUDGET, Ledger, SweepBudget
 from .config_check import check_config, check_writable_dir, models_allowing
 from .errors import EXIT_FAILED, EXIT_OK, AuthError, ConfigError, InputError
 from .files import atomic_write_text
@@ -37,7 +37,7 @@ from .reconcile import ReconcilePolicy
 from .records import Journal, PlanBoard, UploadCache, now_iso, read_logs, relpath
 from .runner import JobResult, RunContext, run_jobs
 from .schemas import EndpointSchema, SchemaStore
-from .store_lock import StoreLock
+from .store_lock import JobLocks, run_lock
 from .storyboard import Storyboard, select_shots
 from .validation import validate_jobs
 from .versions import versions
@@ -49,6 +49,8 @@ class Paths:
     output_dir: Path
     store_dir: Path
     run_dir: Path
+    sweep_member: bool = False
+    parallel: bool = False  # a sweep member beside others, under a launcher (not one after another)
 
 
 def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> Paths:
@@ -74,7 +76,7 @@ def resolve_paths(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) ->
         store = output / ".aivp"
     else:
         store = aivp_home()
-    return Paths(project, output, store, run_dir)
+    return Paths(project, output, store, run_dir, sweep_member)
 
 
 def check_output_dirs(cfg: DictConfig, paths: Paths, create: bool | None = None) -> None:
@@ -300,8 +302,14 @@ async def execute(
     board = PlanBoard(paths.output_dir)
     for shot_id, reason in (unplanned or {}).items():
         board.unplanned(shot_id, reason)
-    ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id)
-    progress = Progress([j.key for j in jobs])
+    ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id, sweep_budget(paths))
+    # Members in parallel processes share one terminal: plain lines, each naming its member.
+    progress = Progress(
+        [j.key for j in jobs],
+        live=False if paths.parallel else None,
+        plan_md=str(paths.output_dir / "plan.md"),
+        label=paths.run_dir.name if paths.sweep_member else "",
+    )
     ctx = RunContext(
         output_dir=paths.output_dir,
         project_dir=paths.project_dir,
@@ -318,6 +326,7 @@ async def execute(
         reconcile=ReconcilePolicy(**_container(cfg.provider.get("reconcile"))),
         price_drift=float(cfg.get("price_drift", 0.05)),
         uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
+        job_locks=JobLocks(paths.store_dir),
         on_event=progress,
     )
     _install_interrupts(ctx)
@@ -325,6 +334,15 @@ async def execute(
     with progress:
         async with provider:
             return await run_jobs(jobs, provider, ctx)
+
+
+def sweep_budget(paths: Paths) -> SweepBudget | None:
+    """A member of an aivp sweep books its spend in the sweep's one budget (the sweeper writes
+    `budget.json` in the sweep dir before it launches the members; a plain run has none)."""
+    if not paths.sweep_member:
+        return None
+    path = paths.run_dir.parent / SWEEP_BUDGET
+    return SweepBudget(path, paths.run_dir.name) if path.is_file() else None
 
 
 def _install_interrupts(ctx: RunContext) -> None:
@@ -388,10 +406,13 @@ def _container(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int, dict[str, Any]]:
+def run(
+    cfg: DictConfig, run_dir: Path, sweep_member: bool = False, parallel: bool = False
+) -> tuple[int, dict[str, Any]]:
     """The whole command, minus Hydra: returns (exit status, summary)."""
     config_warnings = check_config(cfg)  # every knob's type, range and name, before anything else
     paths = resolve_paths(cfg, run_dir, sweep_member)
+    paths.parallel = parallel
     check_output_dirs(cfg, paths)
     plan, problems, warnings = build_plan(cfg, paths)
     warnings[:0] = config_warnings
@@ -440,8 +461,9 @@ def run(cfg: DictConfig, run_dir: Path, sweep_member: bool = False) -> tuple[int
         if plan.errors:  # the whole plan is shown, and still nothing can be submitted: bad input
             raise InputError("\n".join(plan.errors))
         return (EXIT_FAILED if problems else EXIT_OK), summary
-    # One run at a time per store, held from before the first request until the last record.
-    with StoreLock(paths.store_dir, _lock_wait(cfg)):
+    # One run at a time per output folder, held from before the first request until the last
+    # record; runs into other folders (sweep members) share the store under per-job locks.
+    with run_lock(paths.store_dir, paths.output_dir, _lock_wait(cfg)):
         results = asyncio.run(execute(cfg, plan.jobs, paths, schemas, plan.unplanned))
     done = sum(r.status == "done" for r in results)
     costs = cost_totals(results)

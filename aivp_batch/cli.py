@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -46,6 +47,32 @@ def unknown_choice(argv: list[str]) -> str | None:
 
 
 CHOICE_GROUPS = ("provider", "model", "tier", "manifest", "experiment")
+
+# The packaged launcher configs (conf/hydra/launcher/) and the optional extra each one needs.
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "submitit"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "submitit"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher", "ray"),
+}
+
+
+def missing_launcher(argv: list[str]) -> str | None:
+    """`hydra/launcher=ray` without its plugin installed: one line naming the extra to install."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, name = arg.partition("=")
+        if key.lstrip("+") != "hydra/launcher" or name not in LAUNCHER_PLUGINS:
+            continue
+        module, package, extra = LAUNCHER_PLUGINS[name]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            return f"hydra/launcher={name} needs the {package} plugin: pip install 'aivp-batch[{extra}]'"
+    return None
 
 
 def user_conf_problems() -> tuple[str | None, list[str]]:
@@ -130,6 +157,14 @@ def hydra_error_line(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
+# Our packaged launcher configs share their names with the plugins' own schemas, so Hydra checks
+# them against those schemas (typos caught) and warns that this matching is deprecated; it is
+# what hydra-core 1.3, which we pin, does.
+_SCHEMA_MATCHING = r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name"
+# At import, not in main: a launcher's worker process imports this module to run a member.
+warnings.filterwarnings("ignore", message=_SCHEMA_MATCHING, category=UserWarning)
+
+
 def main() -> None:
     """The console entry point: `python -m aivp_batch` / `aivp-batch`."""
     argv = sys.argv[1:]
@@ -139,7 +174,7 @@ def main() -> None:
     problem, notes = user_conf_problems()
     for note in notes:
         print(f"aivp-batch: note: {note}", file=sys.stderr)
-    problem = problem or unknown_choice(argv) or override_problem(argv)
+    problem = problem or unknown_choice(argv) or override_problem(argv) or missing_launcher(argv)
     if problem:
         print(f"aivp-batch: error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -189,8 +224,9 @@ def hydra_main(cfg: DictConfig) -> int:
     name = cfg.provider.get("key_env")
     secrets = [k for k in (find_key(str(name)) if name else None,) if k]
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    parallel = multirun and not str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher")
     try:
-        code, summary = run(cfg, run_dir, sweep_member=multirun)
+        code, summary = run(cfg, run_dir, sweep_member=multirun, parallel=parallel)
     except AivpError as exc:
         code, summary = (
             EXIT_BAD_INPUT if isinstance(exc, (InputError, AuthError, SchemaUnavailable)) else EXIT_FAILED,

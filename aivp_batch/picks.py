@@ -30,7 +30,7 @@ from .errors import InputError
 from .files import atomic_write_json
 from .media import sha256_file
 from .records import DONE, Journal, PlanBoard, now_iso, read_json, relpath
-from .store_lock import StoreLock
+from .store_lock import run_lock
 from .sweep_index import INDEX_JSON, PICKS_JSON, build_index, member_dirs, read_picks
 
 
@@ -202,9 +202,9 @@ def pick(
                 f"{relpath(path, take.project_dir)} in {take.project_dir} was changed on disk (it is not the "
                 "clip its log names); not overwriting it without --force"
             )
-    for store in dict.fromkeys(t.store_dir for t in takes):
-        with StoreLock(store, wait_s=0):  # no run of the project is writing its clips meanwhile
-            for take in (t for t in takes if t.store_dir == store):
+    for store, output in dict.fromkeys((t.store_dir, t.output_dir) for t in takes):
+        with run_lock(store, output, wait_s=0):  # no run of the project is writing its clips meanwhile
+            for take in (t for t in takes if (t.store_dir, t.output_dir) == (store, output)):
                 apply(take, sweep_dir)
     picks = read_picks(sweep_dir)
     for take in takes:

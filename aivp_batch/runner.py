@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from .providers.base import HistoryRow, Outcome, Provider, StatusUpdate, Submiss
 from .reconcile import LostSubmit, ReconcilePolicy, Verdict
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 from .schemas import EndpointSchema
+from .store_lock import JobLocks
 from .versions import versions
 
 DURATION_TOLERANCE_S = 0.6
@@ -56,6 +58,7 @@ class RunContext:
     reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
     price_drift: float = 0.05  # warn once per endpoint when fal's price and ours differ by more
     uploads: UploadCache | None = None
+    job_locks: JobLocks | None = None  # one render per identity across processes (sweep members)
     on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
     stop_submitting: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
@@ -127,14 +130,25 @@ class _JobRun:
 
     # -- the job -------------------------------------------------------------------------------
     async def run(self, slots: asyncio.Semaphore, same_identity: asyncio.Lock) -> JobResult:
-        # Two jobs with one identity run one after the other, so the second reuses the first.
-        async with same_identity:
+        # Two jobs with one identity run one after the other, so the second reuses the first; in
+        # another process (a parallel sweep member), the job's lock in the store does the same.
+        async with same_identity, self._held_elsewhere():
             try:
                 return await self._run(slots)
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug in one job must not sink the others
                 return self.fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _held_elsewhere(self) -> AbstractAsyncContextManager[None]:
+        if self.ctx.job_locks is None:
+            return nullcontext()
+
+        def waiting() -> None:
+            if self.ctx.on_event:
+                self.ctx.on_event(self.job.key, "progress", {"state": "waiting for another run's render"})
+
+        return self.ctx.job_locks.hold(self.job.identity, waiting)
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}

@@ -1,10 +1,15 @@
-"""One run at a time per job store: an exclusive lock held for the whole run.
+"""Locks on the job store, across processes: one run per output folder, one render per job.
 
-Two runs of the same command on one project (two terminals, a cron job and a person) would each
-see a job as not yet submitted and both pay for it. The lock is `filelock`'s `FileLock`, an
-`flock(2)` on `<store>/run.lock`: the kernel drops it when the holding process dies, however it
-dies, so a stale lock never blocks. Who holds it (pid, host, since) is written beside it, in
-`run.lock.json`, for the waiting run's message only.
+- **One run per output folder** (`run_lock`): two runs of the same command on one project (two
+  terminals, a cron job and a person) would write the same logs and plan.md; the second waits.
+- **One render per job identity** (`JobLocks`): runs that write to different folders but share
+  the store (the members of a sweep, in parallel processes under a launcher) may both want the
+  same job. Whoever holds the job's lock renders it; the other waits, then finds it done in the
+  journal and reuses it, so nothing is paid twice.
+
+Every lock is `filelock`'s `UnixFileLock`, an `flock(2)`: the kernel drops it when the holding
+process dies, however it dies, so a stale lock never blocks. Who holds a run lock (pid, host,
+since) is written beside it, in `<name>.lock.json`, for the waiting run's message only.
 
 On a shared file system, flock works across hosts on NFSv4 and Lustre/GPFS with locking enabled;
 on NFSv3 without lockd, or SMB mounts without byte-range locks, it is local to each host, so keep
@@ -13,10 +18,14 @@ one store per host there (`store_dir=`).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -35,14 +44,23 @@ class StoreBusy(InputError):
 
 
 class StoreLock:
-    """`with StoreLock(store_dir, wait_s):` — `wait_s=None` waits as long as it takes, 0 not at all."""
+    """`with StoreLock(store_dir, wait_s):` — `wait_s=None` waits as long as it takes, 0 not at all.
+    `name` picks the lock (`<store>/<name>.lock`), `what` names what it guards in messages."""
 
-    def __init__(self, store_dir: Path, wait_s: float | None = None, poll_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        wait_s: float | None = None,
+        poll_s: float = 0.2,
+        name: str = "run",
+        what: str | None = None,
+    ) -> None:
         self.store_dir = store_dir
         self.wait_s = wait_s
         self.poll_s = poll_s
-        self._lock = _LOCK(store_dir / "run.lock")
-        self._info = store_dir / "run.lock.json"
+        self.what = what or str(store_dir)
+        self._lock = _LOCK(store_dir / f"{name}.lock")
+        self._info = store_dir / f"{name}.lock.json"
 
     def holder(self) -> str:
         """`since <time>, pid <n> on <host>` of the current holder, as far as it wrote it down."""
@@ -51,7 +69,7 @@ class StoreLock:
         return f"since {info.get('since', '?')}, pid {info.get('pid', '?')}{where}"
 
     def __enter__(self) -> StoreLock:
-        ensure_dir(self.store_dir)
+        ensure_dir(self._info.parent)
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
@@ -66,7 +84,7 @@ class StoreLock:
         return self
 
     def _wait(self) -> None:
-        busy = f"another run holds {self.store_dir} {self.holder()}"
+        busy = f"another run holds {self.what} {self.holder()}"
         if self.wait_s is not None and self.wait_s <= 0:
             raise StoreBusy(f"{busy}; not waiting (lock_wait_s=0)")
         limit = "" if self.wait_s is None else f" for up to {self.wait_s:g} s (lock_wait_s)"
@@ -82,3 +100,37 @@ class StoreLock:
     ) -> None:
         self._info.unlink(missing_ok=True)
         self._lock.release()
+
+
+def run_lock(store_dir: Path, output_dir: Path, wait_s: float | None = None) -> StoreLock:
+    """The lock of one output folder (its logs, plan.md and delivered clips), kept in the store."""
+    digest = hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16]
+    return StoreLock(store_dir, wait_s, name=f"locks/run-{digest}", what=str(output_dir))
+
+
+class JobLocks:
+    """One render per job identity across processes: `async with locks.hold(identity):` holds
+    `<store>/jobs/<identity>.lock`, polling without blocking the event loop while another process
+    renders it (`on_wait` is told once, when the job is busy elsewhere)."""
+
+    def __init__(self, store_dir: Path, poll_s: float = 0.25) -> None:
+        self.dir = store_dir / "jobs"
+        self.poll_s = poll_s
+
+    @asynccontextmanager
+    async def hold(self, identity: str, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
+        ensure_dir(self.dir)
+        lock = _LOCK(self.dir / f"{identity}.lock", thread_local=False)
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                await asyncio.sleep(self.poll_s)
+        try:
+            yield
+        finally:
+            lock.release()

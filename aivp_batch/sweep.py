@@ -9,11 +9,12 @@ that calls `plan_sweep` before launching and `run_members` to launch.
   member's new spend. A member with bad input stops the sweep before any member runs (exit 2).
 - Names: a member's folder is named from the overrides the sweep varies (`model=kling_v3,seed=2`),
   made file-system safe (`name_member`); the rest of the command line is the same for all.
-- One budget: a member's `budget_usd` bounds what the whole sweep spends up to and including it.
-  Members run one at a time, and each is launched with `budget_usd=` what is left after the spend
-  of the members before it (read from their `summary.json`), so its own ledger refuses what would
-  pass the sweep's budget. Parallel members will need a shared ledger (a file under the store,
-  updated under `store_lock`) instead; the pre-plan and the names do not change.
+- One budget: a member's `budget_usd` bounds what the whole sweep spends. Every member books its
+  reservations in `<sweep dir>/budget.json` (`budget.SweepBudget`, under an flock), so members run
+  one after another or in parallel processes under a launcher hold one budget between them; a
+  job the sweep's budget cannot hold is refused and its member reported so.
+- Shared work: members share the job store; a job two members want is rendered by whichever holds
+  its lock (`store_lock.JobLocks`) and reused by the other.
 - Exit status: 2 when any member had bad input, else 1 when any failed or was refused, else 0;
   one summary line per member. `cli.main` exits with `exit_code()`.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from .budget import SweepBudget
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, AivpError, InputError
 from .files import atomic_write_text
 from .records import Journal
@@ -192,17 +194,15 @@ def read_summary(member_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def run_members(members: list[Member], launch: Callable[[list[str], int], Any], sweep_dir: Path) -> list[Any]:
-    """Launch each member in turn with what is left of the sweep's budget; record the outcome."""
-    spent = 0.0
-    returns = []
-    for idx, member in enumerate(members):
-        overrides = list(member.overrides)
-        if member.budget_usd is not None:
-            left = max(0.0, round(member.budget_usd - spent, 4))
-            overrides = [o for o in overrides if not o.startswith("budget_usd=")]
-            overrides.append(f"budget_usd={left!r}")
-        returns.append(launch(overrides, idx))
+def run_members(
+    members: list[Member], launch: Callable[[list[list[str]]], Any], sweep_dir: Path
+) -> list[Any]:
+    """Launch the members under the sweep's one budget and record each outcome. The launcher runs
+    them one after another (Hydra's basic launcher) or in parallel processes (joblib, submitit,
+    ray): either way every reservation goes through `<sweep dir>/budget.json`."""
+    SweepBudget.create(sweep_dir)
+    returns = list(launch([m.overrides for m in members]))
+    for member in members:
         summary = read_summary(sweep_dir / member.name)
         member.exit_status = summary.get("exit_status", EXIT_FAILED)
         member.spent_usd = float(summary.get("spent_usd") or 0.0)
@@ -212,7 +212,6 @@ def run_members(members: list[Member], launch: Callable[[list[str], int], Any], 
         member.refused = sum("would pass budget_usd" in str(r.get("error") or "") for r in results)
         if summary.get("error"):
             member.error = str(summary["error"]).splitlines()[0]
-        spent += member.spent_usd
     return returns
 
 

@@ -379,6 +379,7 @@ def render_html(data: Mapping[str, Any]) -> str:
     title = f"sweep {Path(str(data['sweep_dir'])).name}"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<link rel="icon" href="data:,">'  # no favicon.ico request (a 404 on a static server)
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{e(title)}</h1>\n<p>{len(data['shots'])} shots × {len(members)} members; "
         f'<a href="{CONTACT_SHEET}">contact sheet</a>, <a href="{INDEX_JSON}">index.json</a>. '
@@ -400,8 +401,9 @@ def _html_cell(r: Mapping[str, Any]) -> str:
     parts = [f'<td class="{" ".join(classes)}" data-member="{e(r["member"])}" data-shot="{e(r["shot"])}">']
     if r.get("clip"):
         poster = f' poster="{e(_url(r["poster"]))}"' if r.get("poster") else ""
+        # "metadata": the browser reads each clip's header (duration, size) up front, not the whole clip
         parts.append(
-            f'<video controls preload="none"{poster} src="{e(_url(r["clip"]))}"'
+            f'<video controls preload="metadata"{poster} src="{e(_url(r["clip"]))}"'
             f' title="{e(str(r.get("prompt") or ""))}"></video>'
         )
     parts.append(f'<div class="meta">{meta}{" · " + e(cost) if cost else ""}</div>')

@@ -400,7 +400,7 @@ def test_lock_wait_zero_exits_2_while_another_run_holds_the_store(film, tmp_path
         _, err = second.communicate(timeout=60)
         assert second.returncode == 2
         [line] = [line for line in err.splitlines() if "error" in line]
-        assert f"another run holds {film / '.aivp'} since " in line and f"pid {first.pid}" in line
+        assert f"another run holds {film / 'video'} since " in line and f"pid {first.pid}" in line
         assert "Traceback" not in err
         first.communicate(timeout=120)
         assert first.returncode == 0 and fal.stats.calls["submit"] == 4

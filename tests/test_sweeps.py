@@ -147,3 +147,90 @@ def test_an_explicit_seed_on_a_seedless_endpoint_is_a_take(compose_cfg, film: Pa
     assert identity("seed=1") != identity("seed=2")
     assert identity("seed=1") == identity("seed=1")
     assert identity() == identity()  # a random seed is not sent and not part of the identity
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def test_parallel_members_under_joblib_hold_one_budget(film: Path, tmp_path: Path) -> None:
+    """Three takes in three processes at once, a budget for one and a half: one is paid for, the
+    others are refused by the sweep's budget, and the sweep says so and exits 1."""
+    env = {"FAL_KEY": FAL_TEST_KEY}
+    with FakeFal(key=FAL_TEST_KEY, latency_s=1.0) as fal:
+        common = [*fal_overrides(fal, film, tmp_path, "shots=[3]", "model=kling_v26", "seed=1,2,3")]
+        dry = sweep(tmp_path, *common, "dry_run=true", env=env)
+        estimate = json.loads((tmp_path / "sweep/sweep.json").read_text())["members"][0]["estimate_usd"]
+        assert dry.returncode == 0 and estimate > 0, dry.stderr
+        (tmp_path / "sweep").rename(tmp_path / "dry")
+        budget = round(estimate * 1.5, 2)
+        launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+        proc = sweep(tmp_path, *common, *launcher, f"budget_usd={budget}", env=env)
+    assert proc.returncode == 1, proc.stderr + proc.stdout
+    assert fal.stats.calls["submit"] == 1 and fal.stats.duplicate_submits == 0
+    members = json.loads((tmp_path / "sweep/sweep.json").read_text())["members"]
+    assert sorted(m["exit_status"] for m in members) == [0, 1, 1]
+    assert sum(m["refused_by_budget"] for m in members) == 2
+    assert sum(m["spent_usd"] for m in members) <= budget
+    state = json.loads((tmp_path / "sweep/budget.json").read_text())
+    assert state["reserved"] == {} and 0 < state["spent_usd"] <= budget
+    assert proc.stdout.count("1 refused by the sweep's budget_usd") == 2
+    # Members in parallel print plain lines, each naming its member (no interleaved live tables).
+    assert "seed=2: [" in proc.stdout or "seed=2: [" in proc.stderr
+
+
+def test_parallel_members_wanting_one_job_render_it_once(film: Path, tmp_path: Path) -> None:
+    """Two members whose payloads are the same (they differ in a knob the payload does not see)
+    run at once: the job's lock in the store lets one render it, and the other reuses it."""
+    env = {"FAL_KEY": FAL_TEST_KEY}
+    with FakeFal(key=FAL_TEST_KEY, latency_s=1.0) as fal:
+        overrides = fal_overrides(fal, film, tmp_path, "shots=[3]", "model=kling_v26", "seed=7")
+        proc = sweep(
+            tmp_path, *overrides, "price_drift=0.05,0.5", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            env=env,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert fal.stats.calls["submit"] == 1 and fal.stats.duplicate_submits == 0
+    logs = [
+        json.loads((tmp_path / f"sweep/price_drift={v}/video/log/shot-03.json").read_text())
+        for v in ("0.05", "0.5")
+    ]
+    assert logs[0]["identity"] == logs[1]["identity"] and all(log["status"] == "done" for log in logs)
+    assert logs[0]["request_id"] == logs[1]["request_id"]
+
+
+def test_a_sweep_through_submitits_local_executor(film: Path, tmp_path: Path) -> None:
+    proc = preview_sweep(film, tmp_path, "kling_v26", "seed=1,2", "hydra/launcher=submitit_local")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert member_dirs(tmp_path) == [".submitit", "seed=1", "seed=2"]
+    for name in ("seed=1", "seed=2"):
+        assert json.loads((tmp_path / "sweep" / name / "summary.json").read_text())["exit_status"] == 0
+        assert (tmp_path / "sweep" / name / "video/clips/shot-03.mp4").is_file()
+    assert "sweep: 2/2 members ok" in proc.stdout and (tmp_path / "sweep/index.html").is_file()
+
+
+def test_every_packaged_launcher_config_composes() -> None:
+    """joblib and submitit are installed with the dev extra; Ray is an optional extra this suite
+    does not install (it brings Ray itself): its config must still compose."""
+    from hydra import compose, initialize_config_module
+
+    targets = {
+        "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+        "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+        "submitit_slurm": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        "ray": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+    }
+    for name, target in targets.items():
+        with initialize_config_module(version_base="1.3", config_module="aivp_batch.conf"):
+            cfg = compose(
+                config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True
+            )
+        assert cfg.hydra.launcher._target_ == target, name
+    assert cfg.hydra.launcher.ray.init.address is None and cfg.hydra.launcher.ray.remote.max_calls == 1
+
+
+def test_a_launcher_whose_plugin_is_missing_is_one_line(tmp_path: Path) -> None:
+    from aivp_batch.cli import missing_launcher
+
+    assert missing_launcher(["hydra/launcher=joblib"]) is None  # installed with the dev extra
+    line = missing_launcher(["-m", "hydra/launcher=ray"])
+    assert line == "hydra/launcher=ray needs the hydra-ray-launcher plugin: pip install 'aivp-batch[ray]'"

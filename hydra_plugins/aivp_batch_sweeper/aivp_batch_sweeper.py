@@ -1,8 +1,9 @@
 """`hydra/sweeper: aivp` — Hydra's basic sweeper (same override syntax, same cartesian product)
 that plans, validates and prices every member before launching any (see `aivp_batch.sweep`),
-names each member's folder from its swept overrides, runs the members one at a time under one
-`budget_usd`, writes the sweep's gallery (`aivp_batch.sweep_index`) when the last member is
-done, and leaves the sweep's exit status for `aivp_batch.cli.main`.
+names each member's folder from its swept overrides, launches the members (one after another, or
+in parallel under a launcher) under one `budget_usd`, writes the sweep's gallery
+(`aivp_batch.sweep_index`) when the last member is done, and leaves the sweep's exit status for
+`aivp_batch.cli.main`.
 """
 
 import sys
@@ -69,10 +70,14 @@ class AivpSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        def launch(overrides: list[str], idx: int) -> Any:
-            results = self.launcher.launch([overrides], initial_job_idx=idx)
-            for r in results:
-                _ = r.return_value  # a member that raised raises here, as in the basic sweeper
+        def launch(overrides: List[List[str]]) -> Any:  # noqa: UP006
+            size = self.max_batch_size or len(overrides) or 1
+            results = []
+            for start in range(0, len(overrides), size):
+                batch = self.launcher.launch(overrides[start : start + size], initial_job_idx=start)
+                for r in batch:
+                    _ = r.return_value  # a member that raised raises here, as in the basic sweeper
+                results.extend(batch)
             return results
 
         returns = sw.run_members(members, launch, sweep_dir)
