@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .auto_model import auto_model_spec, is_auto
@@ -27,15 +27,17 @@ from .budget import SWEEP_BUDGET, Ledger, SweepBudget
 from .config_check import check_config, check_writable_dir, models_allowing
 from .errors import EXIT_FAILED, EXIT_OK, AuthError, ConfigError, InputError
 from .files import atomic_write_text
+from .grouping import read_scene_settings
 from .keys import find_key, how_to_set
 from .manifest import load_shots
 from .models import build_model_spec
-from .planning import Job, Plan, plan_jobs
+from .planning import Job, Plan, plan_jobs, plan_multishot
 from .progress import Progress
 from .providers.base import Provider
 from .reconcile import ReconcilePolicy
 from .records import Journal, PlanBoard, UploadCache, now_iso, read_logs, relpath
 from .runner import JobResult, RunContext, run_jobs
+from .schema_sources import schema_store_for
 from .schemas import EndpointSchema, SchemaStore
 from .store_lock import JobLocks, run_lock
 from .storyboard import Storyboard, select_shots
@@ -116,9 +118,7 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
         board = select_shots(board, list(cfg.shots) if OmegaConf.is_list(cfg.shots) else cfg.shots)
     problems = [f"{p.file}: {p.message}" for p in board.problems]
     seed = None if cfg.seed is None else int(cfg.seed)
-    plan = plan_jobs(
-        board.shots,
-        spec,
+    common: dict[str, Any] = dict(
         provider=str(provider["name"]),
         seed=seed,
         duration_policy=str(cfg.duration_policy),
@@ -128,6 +128,13 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
         max_prompt_chars=cfg.get("max_prompt_chars"),
         previous_seeds=recorded_seeds(paths.output_dir),
     )
+    if str(cfg.get("strategy") or "single") == "multishot":
+        # Consecutive shots of one scene render in one call each (grouping.py); the rest alone.
+        plan = plan_multishot(
+            board.shots, spec, **common, scene_settings=read_scene_settings(paths.project_dir)
+        )
+    else:
+        plan = plan_jobs(board.shots, spec, **common)
     plan.unplanned = {p.shot: f"{p.file}: {p.message}" for p in board.problems if p.shot}
     return plan, problems, list(board.warnings)
 
@@ -142,16 +149,8 @@ def recorded_seeds(output_dir: Path) -> dict[str, int]:
 
 
 def schema_store(cfg: DictConfig) -> SchemaStore:
-    store = SchemaStore(
-        schema_url=cfg.provider.get("schema_url") or "https://fal.ai",
-        cache_dir=Path(cfg.schema_cache_dir).expanduser(),
-        ttl_s=float(cfg.schema_ttl_s),
-        offline=bool(cfg.offline),
-        api_url=cfg.provider.get("api_url"),
-    )
-    if cfg.provider.get("schema_document"):  # a provider that publishes its own schema (the preview)
-        store.register(str(cfg.provider.endpoint), get_method(cfg.provider.schema_document)())
-    return store
+    """Where this provider's endpoint schemas come from (its `schema_source:`), cached and validated alike."""
+    return schema_store_for(cfg)
 
 
 def provider_key(cfg: DictConfig) -> str | None:
@@ -180,6 +179,7 @@ def format_plan(plan: Plan, model: str | None = None) -> str:
         lines = [
             f"{job.key:<10} {job.mode:<4} {job.duration_s:>3}s  {job.estimate_usd:>7.2f}  {job.endpoint}"
         ]
+        lines += _group_lines(job)
         for note in filter(None, [job.duration_note, *job.notes]):
             lines.append(f"{'':<10} note: {note}")
         rows.append((job.shots[0].number if job.shots else math.inf, lines))
@@ -193,6 +193,7 @@ def format_plan(plan: Plan, model: str | None = None) -> str:
     lines = [f"{'shot':<10} {'mode':<4} {'dur':>4}  {'est $':>7}  endpoint"]
     lines += [line for _, row in sorted(rows, key=lambda r: r[0]) for line in row]
     lines.append(f"{'total':<10} {'':<4} {sum(j.duration_s for j in plan.jobs):>3}s  {plan.total_usd:>7.2f}")
+    lines += _fallback_lines(plan)
     if plan.errors:
         one = len(plan.errors) == 1
         lines.append(
@@ -200,6 +201,31 @@ def format_plan(plan: Plan, model: str | None = None) -> str:
             f"nothing is submitted until {'it is' if one else 'they are'} fixed or left out"
         )
     return "\n".join(lines)
+
+
+def _group_lines(job: Job) -> list[str]:
+    """A multi-shot group's shots beneath its row: each one's length and where it is cut out."""
+    if not job.shot_durations_s:
+        return []
+    lines, start, count = [], 0, len(job.shots)
+    for k, (shot, seconds) in enumerate(zip(job.shots, job.shot_durations_s, strict=True), start=1):
+        where = f"part {k}/{count} of {job.key}, {start}–{start + seconds} s"
+        lines.append(f"  {shot.id:<8} {'':<4} {seconds:>3}s  {'':>7}  {where}")
+        start += seconds
+    return lines
+
+
+def _fallback_lines(plan: Plan) -> list[str]:
+    """strategy=multishot: why shots render alone, where their own rows do not say it already."""
+    said = " ".join(note for job in plan.jobs for note in job.notes)
+    reasons: dict[str, list[str]] = {}
+    for shot_id, reason in plan.fallbacks.items():
+        if reason not in said:
+            reasons.setdefault(reason, []).append(shot_id)
+    return [
+        f"note: strategy=multishot: {', '.join(ids)} render{'s' if len(ids) == 1 else ''} alone: {reason}"
+        for reason, ids in reasons.items()
+    ]
 
 
 def _plan_error(error: str) -> tuple[str, str]:
@@ -265,6 +291,8 @@ def plan_json(plan: Plan, schemas: dict[str, EndpointSchema], paths: Paths) -> d
         "jobs": [
             {
                 "shot": j.key,
+                "shots": [s.id for s in j.shots],
+                **({"shot_durations_s": list(j.shot_durations_s)} if j.shot_durations_s else {}),
                 "mode": j.mode,
                 "endpoint": j.endpoint,
                 "duration_s": j.duration_s,
@@ -287,8 +315,16 @@ def rerender_ids(cfg: DictConfig, jobs: list[Job]) -> frozenset[str]:
     if not cfg.get("rerender"):
         return frozenset()
     selection = list(cfg.rerender) if OmegaConf.is_list(cfg.rerender) else cfg.rerender
-    board = Storyboard(shots=[shot for job in jobs for shot in job.shots])
-    return frozenset(shot.id for shot in select_shots(board, selection).shots)
+    if not isinstance(selection, list):
+        selection = [selection]
+    # A multi-shot group by its key (`rerender=[group-01]`): all of its shots.
+    groups = {job.key: job for job in jobs if job.shot_durations_s}
+    named = {shot.id for item in selection if str(item) in groups for shot in groups[str(item)].shots}
+    rest = [item for item in selection if str(item) not in groups]
+    if rest:
+        board = Storyboard(shots=[shot for job in jobs for shot in job.shots])
+        named |= {shot.id for shot in select_shots(board, rest).shots}
+    return frozenset(named)
 
 
 async def execute(
@@ -476,8 +512,10 @@ def run(
         clips_dir=str(paths.output_dir / "clips"),
         plan_md=str(paths.output_dir / "plan.md"),
     )
+    shots = sum(len(job.shots) for job in plan.jobs)
+    grouped = f" ({shots} shots)" if shots != len(results) else ""
     print(
-        f"{done}/{len(results)} clips done, {format_costs(costs)}; "
+        f"{done}/{len(results)} clips done{grouped}, {format_costs(costs)}; "
         f"clips in {paths.output_dir / 'clips'}, plan in {paths.output_dir / 'plan.md'}"
     )
     ok = done == len(results) and not problems

@@ -208,6 +208,7 @@ RULES: dict[str, Check] = {
     "dry_run": boolean,
     "shots": shot_list(empty_ok=False),
     "duration_policy": one_of("raise", "strict"),
+    "strategy": one_of("single", "multishot"),
     "character_refs": boolean,
     "budget_usd": number(null="for no budget", what="an amount in US dollars"),
     "settings": mapping,

@@ -43,6 +43,7 @@ LIST_KEYS = frozenset(
         "camera_fixed",
         "negative_prompt",
         "scene",
+        "group",
     }
 )
 _FILE = "manifest"
@@ -121,7 +122,18 @@ def _list_shot(entry: Mapping[str, Any], shot_id: str, number: int, project_dir:
         end_frame=_image(project_dir, entry.get("end_frame"), "end_frame"),
         character_refs=refs,
         negative_prompt=_text(entry, "negative_prompt"),
+        group=_group(entry.get("group")),
     )
+
+
+def _group(value: Any) -> str | None:
+    """A shot's multi-shot group label (`group: 1` or `group: opening`); shots sharing one render
+    in one call under strategy=multishot."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Unusable(f"group must be a label (a name or a number), not {value!r}")
+    return str(value).strip() or None
 
 
 def _prompts(entry: Mapping[str, Any]) -> dict[str, str]:

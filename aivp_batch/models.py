@@ -3,6 +3,11 @@ onto that endpoint's field names and value types.
 
 A model YAML (conf/model/*.yaml) is data only; this module turns it into a `ModeSpec` for one
 (provider, tier, mode). Adding a model means adding YAML, not code.
+
+Each hosted provider has its own block in the model YAML, named after it (`fal:`, `replicate:`):
+`fields`, `rules`, `modes` (endpoint and field map per mode) and, optionally, `pricing` (its own
+rates: it wins over the top-level `pricing`, which is fal's) and `tiers` (per tier, settings and
+tier keys merged over the model's own `tiers` block, e.g. a variant spelt differently there).
 """
 
 from __future__ import annotations
@@ -84,19 +89,43 @@ def parse_field(raw: Any, name: str) -> FieldSpec | None:
 
 @dataclass(frozen=True)
 class PayloadRule:
-    """A limit on a list field that the endpoint's published schema states only in prose, checked
-    by the validator before anything is spent. `path` may step through list items with `[*]`:
+    """A limit that the endpoint's published schema states only in prose, checked by the validator
+    before anything is spent. `path` may step through list items with `[*]`:
     `elements[*].reference_image_urls` — each element's reference images; `image_urls` — the list.
-    A missing list counts as empty wherever its parent is in the payload."""
+    `min_items`/`max_items` bound a list (a missing list counts as empty wherever its parent is in
+    the payload); `excludes` names fields that must not be set beside `path` where it is set
+    (Kling: `multi_prompt` excludes `prompt`)."""
 
     path: str
     min_items: int | None = None
     max_items: int | None = None
     message: str = ""
+    excludes: tuple[str, ...] = ()
 
     def locations(self, payload: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """(concrete path, value) of every place the rule applies to in `payload`."""
-        *parents, leaf = self.path.split(".")
+        leaf = self.path.split(".")[-1]
+        return [
+            (f"{where}.{leaf}" if where else leaf, node.get(leaf)) for where, node in self._parents(payload)
+        ]
+
+    def violations(self, payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(concrete path, why) of every place `payload` breaks the rule."""
+        leaf = self.path.split(".")[-1]
+        out: list[tuple[str, str]] = []
+        for where, node in self._parents(payload):
+            at, value = (f"{where}.{leaf}" if where else leaf), node.get(leaf)
+            if self.min_items is not None or self.max_items is not None:
+                if (why := self.check(value)) is not None:
+                    out.append((at, why))
+            clash = [k for k in self.excludes if value is not None and node.get(k) is not None]
+            if clash:
+                out.append((at, f"sent together with {', '.join(clash)}"))
+        return out
+
+    def _parents(self, payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+        """(concrete path, object) of every object that holds the rule's last field."""
+        *parents, _leaf = self.path.split(".")
         nodes: list[tuple[str, Any]] = [("", payload)]
         for part in parents:
             name, wildcard = (part[:-3], True) if part.endswith("[*]") else (part, False)
@@ -111,11 +140,7 @@ class PayloadRule:
                 elif not wildcard:
                     nxt.append((prefix, value))
             nodes = nxt
-        return [
-            (f"{where}.{leaf}" if where else leaf, node.get(leaf))
-            for where, node in nodes
-            if isinstance(node, Mapping)
-        ]
+        return [(where, node) for where, node in nodes if isinstance(node, Mapping)]
 
     def check(self, value: Any) -> str | None:
         """Why `value` breaks the rule (None: it does not)."""
@@ -134,20 +159,30 @@ def parse_rules(name: str, raw: Any) -> tuple[PayloadRule, ...]:
     if not raw:
         return ()
     if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
-        raise ConfigError(f"model={name}: rules must be a list of {{path, min_items, max_items, message}}")
+        raise ConfigError(
+            f"model={name}: rules must be a list of {{path, min_items, max_items, excludes, message}}"
+        )
     rules = []
     for item in raw:
         if not isinstance(item, Mapping) or "path" not in item:
             raise ConfigError(f"model={name}: a rule needs a path, got {item!r}")
-        unknown = set(item) - {"path", "min_items", "max_items", "message"}
+        unknown = set(item) - {"path", "min_items", "max_items", "excludes", "message"}
         if unknown:
             raise ConfigError(f"model={name}: rule {item['path']!r} has unknown keys {sorted(unknown)}")
         bounds = [item.get("min_items"), item.get("max_items")]
-        if all(b is None for b in bounds) or any(
+        excludes = item.get("excludes")
+        if excludes is not None and (
+            isinstance(excludes, (str, bytes))
+            or not isinstance(excludes, Sequence)
+            or not all(isinstance(k, str) and k for k in excludes)
+        ):
+            raise ConfigError(f"model={name}: rule {item['path']!r}: excludes must be a list of field names")
+        if (all(b is None for b in bounds) and not excludes) or any(
             b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0) for b in bounds
         ):
             raise ConfigError(
                 f"model={name}: rule {item['path']!r} needs min_items and/or max_items as whole numbers ≥ 0"
+                " (or excludes: [fields])"
             )
         rules.append(
             PayloadRule(
@@ -155,6 +190,7 @@ def parse_rules(name: str, raw: Any) -> tuple[PayloadRule, ...]:
                 min_items=bounds[0],
                 max_items=bounds[1],
                 message=str(item.get("message") or ""),
+                excludes=tuple(excludes or ()),
             )
         )
     return tuple(rules)
@@ -190,6 +226,7 @@ class ModelSpec:
     pricing: dict[str, Any]
     modes: dict[str, ModeSpec]
     min_image_px: int = DEFAULT_MIN_IMAGE_PX  # input images' smallest side, where x-fal gives none
+    multishot: MultishotSpec | None = None  # strategy=multishot: None where the model takes no groups
 
     def mode(self, mode: str) -> ModeSpec | None:
         return self.modes.get(mode)
@@ -197,6 +234,36 @@ class ModelSpec:
     def supports_end_frame(self, mode: str) -> bool:
         spec = self.modes.get(mode)
         return spec is not None and spec.takes("end_frame")
+
+
+@dataclass(frozen=True)
+class MultishotLimits:
+    """What one multi-shot call allows (the model YAML's `multishot:`): how many shots, the lengths
+    one shot may have (the item's duration enum) and the lengths the whole call may have."""
+
+    max_shots: int
+    shot_durations: tuple[int, ...]  # sorted
+    total_durations: tuple[int, ...]  # sorted
+
+    @property
+    def max_total_s(self) -> int:
+        return self.total_durations[-1]
+
+    @property
+    def min_total_s(self) -> int:
+        return self.total_durations[0]
+
+
+@dataclass(frozen=True)
+class MultishotSpec:
+    """A model's multi-shot groups for one provider and tier: the limits, the modes (endpoint and
+    field map, as `ModeSpec`s) that take a group, and how each shot becomes one item of the
+    group's list field (`items_field`, e.g. `multi_prompt`)."""
+
+    limits: MultishotLimits
+    modes: dict[str, ModeSpec]
+    items_field: str
+    items: dict[str, FieldSpec]  # generic shot value (prompt, duration, title…) → item field
 
 
 def build_model_spec(
@@ -210,15 +277,20 @@ def build_model_spec(
     name = model.get("name", "?")
     if model.get("retired"):
         raise ConfigError(f"model={name} is retired: {model['retired']}")
-    tier_block, settings = tier_settings(model, tier, overrides)
+    own_endpoint = bool(provider.get("endpoint"))  # a provider with its own single endpoint (the preview)
+    pname = str(provider.get("name", "?"))
+    if not own_endpoint:
+        provider_block(model, pname)  # a model the provider does not serve: one clear line first
+    tier_block, settings = tier_settings(model, tier, overrides, provider=None if own_endpoint else pname)
     durations = tuple(int(d) for d in tier_block.get("durations") or model.get("durations") or ())
     order = (model.get("prompt_variant", "motion"), *(model.get("prompt_fallback") or ()))
-    pricing = dict(model.get("pricing") or {})
-    if provider.get("endpoint"):  # a provider with its own single endpoint (the preview)
+    if own_endpoint:
         modes = _provider_modes(name, provider, durations, settings)
-        pricing = {"unit": "free"}
+        pricing: dict[str, Any] = {"unit": "free"}
     else:
         modes = _model_modes(name, model, provider, tier_block, durations, settings)
+        pricing = provider_pricing(model, pname)
+    multishot = _multishot(name, model, provider, tier_block, modes, settings)
     return ModelSpec(
         name=name,
         label=model.get("label", name),
@@ -228,18 +300,31 @@ def build_model_spec(
         pricing=pricing,
         modes=modes,
         min_image_px=_min_image_px(name, model.get("min_image_px")),
+        multishot=multishot,
     )
 
 
 def tier_settings(
-    model: Mapping[str, Any], tier: str, overrides: Mapping[str, Any] | None = None
+    model: Mapping[str, Any],
+    tier: str,
+    overrides: Mapping[str, Any] | None = None,
+    provider: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A model's block for `tier` and the settings it gives (`overrides` on top)."""
+    """A model's block for `tier` and the settings it gives (`overrides` on top). With `provider`,
+    that provider's own `tiers.<tier>` block (in the model's provider block) is merged over it, key
+    by key: `replicate: {tiers: {hero: {speed: "", resolution: 1080p}}}`."""
     tiers = model.get("tiers") or {}
     if tier not in tiers:
         name = model.get("name", "?")
         raise ConfigError(f"model={name} has no settings for tier={tier} (has: {', '.join(tiers)})")
     tier_block = dict(tiers[tier] or {})
+    if provider is not None:
+        block = model.get(provider)
+        ptiers = block.get("tiers") if isinstance(block, Mapping) else None
+        if ptiers is not None and not isinstance(ptiers, Mapping):
+            name = model.get("name", "?")
+            raise ConfigError(f"model={name}: {provider}.tiers must map tier names to settings")
+        tier_block.update(dict((ptiers or {}).get(tier) or {}))
     settings = {k: v for k, v in tier_block.items() if k not in _TIER_RESERVED}
     settings.update(dict(overrides or {}))
     return tier_block, settings
@@ -261,10 +346,7 @@ def _model_modes(
     durations: tuple[int, ...],
     settings: dict[str, Any],
 ) -> dict[str, ModeSpec]:
-    pname = provider.get("name", "?")
-    block = model.get(pname)
-    if not block or not block.get("modes"):
-        raise ConfigError(f"model={name} has no endpoints for provider={pname}")
+    block = provider_block(model, str(provider.get("name", "?")))
     modes: dict[str, ModeSpec] = {}
     for mode, key in MODE_KEYS.items():
         raw = block["modes"].get(key)
@@ -281,9 +363,72 @@ def _model_modes(
             durations=mode_durations,
             settings=_rendered(settings, raw.get("renders"), tier_block.get("renders")),
             ref_token=raw.get("ref_token"),
-            rules=parse_rules(name, raw.get("rules")),
+            # `rules:` beside `modes:` hold for every mode (Kling: prompt and multi_prompt exclude each other)
+            rules=parse_rules(name, block.get("rules")) + parse_rules(name, raw.get("rules")),
         )
     return modes
+
+
+# The provider the top-level `pricing:` of a model YAML prices (it predates per-provider blocks).
+TOP_LEVEL_PRICING_PROVIDER = "fal"
+
+
+def provider_block(model: Mapping[str, Any], provider: str) -> Mapping[str, Any]:
+    """The model's block for a hosted `provider` (`fal:`, `replicate:`); a ConfigError of one line
+    (bad input, exit 2) naming the models that provider does serve when it has none."""
+    block = model.get(provider)
+    if isinstance(block, Mapping) and block.get("modes"):
+        return block
+    name = model.get("name", "?")
+    served = [m for m in models_on(provider) if m != name]
+    listed = ", ".join(served) if served else "none"
+    raise ConfigError(f"model={name} has no {provider} endpoints; models on {provider}: {listed}")
+
+
+def provider_pricing(model: Mapping[str, Any], provider: str) -> dict[str, Any]:
+    """The pricing rule for `model` on `provider`: the provider block's own `pricing`, else the
+    top-level `pricing` where that provider is fal (whose rates it has always been). Another
+    provider never inherits fal's rates: without its own `pricing` the model cannot be priced, and
+    an unpriced run would defeat every budget, so that is a ConfigError."""
+    block = model.get(provider)
+    own = block.get("pricing") if isinstance(block, Mapping) else None
+    if own is not None:
+        if not isinstance(own, Mapping):
+            raise ConfigError(f"model={model.get('name', '?')}: {provider}.pricing must be a pricing rule")
+        return dict(own)
+    if provider == TOP_LEVEL_PRICING_PROVIDER:
+        return dict(model.get("pricing") or {})
+    raise ConfigError(
+        f"model={model.get('name', '?')} has no pricing for provider={provider}: add {provider}.pricing "
+        "to its model YAML (the top-level pricing is fal's)"
+    )
+
+
+def models_on(provider: str) -> list[str]:
+    """Names of the model configs (the user's and the packaged, first of a name wins) that have
+    endpoints on `provider`, sorted. Retired and `auto` models are left out."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .user_conf import PACKAGED_CONF, user_config_dirs
+
+    seen: set[str] = set()
+    found: list[str] = []
+    for folder in (*user_config_dirs(), PACKAGED_CONF):
+        for path in sorted((folder / "model").glob("*.yaml")):
+            if path.stem in seen:
+                continue
+            seen.add(path.stem)
+            try:
+                data = OmegaConf.to_container(OmegaConf.load(path))
+            except (OSError, OmegaConfBaseException):
+                continue
+            if not isinstance(data, dict) or data.get("retired") or data.get("auto"):
+                continue
+            block = data.get(provider)
+            if isinstance(block, dict) and block.get("modes"):
+                found.append(str(data.get("name") or path.stem))
+    return sorted(found)
 
 
 def _rendered(settings: dict[str, Any], *layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -334,3 +479,148 @@ def _endpoint(name: str, template: str | None, settings: Mapping[str, Any]) -> s
         return template.format(**settings)
     except KeyError as exc:
         raise ConfigError(f"model={name}: endpoint {template!r} needs tier setting {exc}") from None
+
+
+# --------------------------------------------------------------------------- multi-shot groups
+
+_MULTISHOT_KEYS = {"max_shots", "shot_durations", "total_durations"}
+_MULTISHOT_BLOCK_KEYS = {"items", "fields", "params", "rules", "modes"}
+
+
+def _multishot(
+    name: str,
+    model: Mapping[str, Any],
+    provider: Mapping[str, Any],
+    tier_block: Mapping[str, Any],
+    modes: dict[str, ModeSpec],
+    settings: dict[str, Any],
+) -> MultishotSpec | None:
+    """The model's `multishot:` limits with the provider's way of sending a group: a hosted
+    provider's `<provider>.multishot` block in the model YAML (its modes inherit the endpoint,
+    fields and rules of the same single-shot mode), or, for a provider with its own endpoint (the
+    preview), the provider config's `multishot` block over its own modes. None where either is
+    missing: the model (or provider) takes no groups."""
+    raw_limits = model.get("multishot")
+    if not raw_limits:
+        return None
+    limits = _multishot_limits(name, raw_limits)
+    own_endpoint = bool(provider.get("endpoint"))
+    block = (
+        provider.get("multishot")
+        if own_endpoint
+        else (model.get(provider.get("name", "?")) or {}).get("multishot")
+    )
+    if not block:
+        return None
+    where = f"model={name}: {provider.get('name', '?')}.multishot"
+    if unknown := set(block) - _MULTISHOT_BLOCK_KEYS:
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}")
+    items_field, items = _item_fields(where, block.get("items"))
+    params = dict(block.get("params") or {})
+    rules = parse_rules(name, block.get("rules"))
+    out: dict[str, ModeSpec] = {}
+    if own_endpoint:
+        for mode in (T2V, I2V):
+            base = modes.get(mode)
+            if base is not None:
+                fields = dict(base.fields)
+                for generic, raw_field in dict(block.get("fields") or {}).items():
+                    spec = parse_field(raw_field, f"{name}.{generic}")
+                    if spec is None:  # `prompt: null`: the group does not send it
+                        fields.pop(generic, None)
+                    else:
+                        fields[generic] = spec
+                out[mode] = _with(base, fields, params, rules, limits)
+        return MultishotSpec(limits=limits, modes=out, items_field=items_field, items=items)
+    pblock = model.get(provider.get("name", "?")) or {}
+    for mode, key in MODE_KEYS.items():
+        if mode == FLF or key not in (block.get("modes") or {}):
+            continue
+        raw = dict((block.get("modes") or {}).get(key) or {})
+        base = dict((pblock.get("modes") or {}).get(key) or {})
+        fields = _merge_fields(
+            name,
+            pblock.get("fields"),
+            base.get("fields"),
+            tier_block.get("fields"),
+            block.get("fields"),
+            raw.get("fields"),
+        )
+        mode_rules = (
+            parse_rules(name, pblock.get("rules"))
+            + parse_rules(name, base.get("rules"))
+            + rules
+            + parse_rules(name, raw.get("rules"))
+        )
+        out[mode] = ModeSpec(
+            model=name,
+            mode=mode,
+            endpoint=_endpoint(name, raw.get("endpoint") or base.get("endpoint"), settings),
+            fields=fields,
+            durations=limits.total_durations,
+            settings=_rendered(settings, base.get("renders"), raw.get("renders"), tier_block.get("renders")),
+            ref_token=raw.get("ref_token", base.get("ref_token")),
+            params={**params, **dict(raw.get("params") or {})},
+            rules=mode_rules,
+        )
+    if not out:
+        raise ConfigError(f"{where} names no modes (t2v, i2v, ref)")
+    return MultishotSpec(limits=limits, modes=out, items_field=items_field, items=items)
+
+
+def _with(
+    base: ModeSpec,
+    fields: dict[str, FieldSpec],
+    params: dict[str, Any],
+    rules: tuple[PayloadRule, ...],
+    limits: MultishotLimits,
+) -> ModeSpec:
+    return ModeSpec(
+        model=base.model,
+        mode=base.mode,
+        endpoint=base.endpoint,
+        fields=fields,
+        durations=limits.total_durations,
+        settings=base.settings,
+        ref_token=base.ref_token,
+        params={**base.params, **params},
+        rules=base.rules + rules,
+    )
+
+
+def _multishot_limits(name: str, raw: Any) -> MultishotLimits:
+    where = f"model={name}: multishot"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {sorted(_MULTISHOT_KEYS)}")
+    if unknown := set(raw) - _MULTISHOT_KEYS:
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}")
+    max_shots = raw.get("max_shots")
+    if isinstance(max_shots, bool) or not isinstance(max_shots, int) or max_shots < 2:
+        raise ConfigError(f"{where}.max_shots must be a whole number ≥ 2, not {max_shots!r}")
+    lists = {}
+    for key in ("shot_durations", "total_durations"):
+        value = raw.get(key)
+        if (
+            isinstance(value, (str, bytes))
+            or not isinstance(value, Sequence)
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
+            raise ConfigError(f"{where}.{key} must be a list of whole seconds > 0, not {value!r}")
+        lists[key] = tuple(sorted(set(value)))
+    return MultishotLimits(max_shots=max_shots, **lists)
+
+
+def _item_fields(where: str, raw: Any) -> tuple[str, dict[str, FieldSpec]]:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("field"), str):
+        raise ConfigError(f"{where}.items must be {{field: <list field>, prompt: …, duration: …}}")
+    items = {}
+    for generic, value in raw.items():
+        if generic == "field":
+            continue
+        spec = parse_field(value, f"{where}.items.{generic}")
+        if spec is not None:
+            items[generic] = spec
+    if "prompt" not in items or "duration" not in items:
+        raise ConfigError(f"{where}.items must map prompt and duration")
+    return raw["field"], items

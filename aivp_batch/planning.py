@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .grouping import Fallback, Group, group_shots, scene_setting
 from .media import sha256_file
-from .models import DEFAULT_MIN_IMAGE_PX, FLF, I2V, REF, T2V, ModelSpec, ModeSpec
+from .models import DEFAULT_MIN_IMAGE_PX, FLF, I2V, REF, T2V, ModelSpec, ModeSpec, MultishotSpec
 from .pricing import estimate_usd, priced_keys
 from .storyboard import Shot, portrait_angle, portrait_owner
 
@@ -61,9 +62,15 @@ class Job:
     min_image_px: int = DEFAULT_MIN_IMAGE_PX  # the model's floor for input image sides
     rules: tuple[Any, ...] = ()  # models.PayloadRule: list limits the validator checks
     notes: tuple[str, ...] = ()  # what the plan should say: inputs the model does not take
+    # A multi-shot group (strategy=multishot): each shot's whole seconds in the group's clip, where
+    # the clip is split (split.split_clip), and each shot's prompt as sent (its multi_prompt item).
+    shot_durations_s: tuple[int, ...] = ()
+    shot_prompts: tuple[str, ...] = ()
 
     @property
     def prompt(self) -> str:
+        if self.shot_prompts:
+            return "\n\n".join(self.shot_prompts)
         return str(self.payload.get("prompt", ""))
 
 
@@ -72,6 +79,7 @@ class Plan:
     jobs: list[Job]
     errors: list[str]  # one line each: shot/file, model, what is wrong
     unplanned: dict[str, str] = field(default_factory=dict)  # shot id → why its spec was unusable
+    fallbacks: dict[str, str] = field(default_factory=dict)  # strategy=multishot: shot id → why alone
 
     @property
     def total_usd(self) -> float:
@@ -366,25 +374,30 @@ def _order_by_prompt(groups: list[Portraits], prompt: str, shot: Shot) -> list[P
     """Characters in the order the prompt first names them (or points at one of their portraits
     with @图片N / @ImageN); the ones it never names follow in the shot's order."""
 
-    def first_mention(group: Portraits) -> float:
-        found = [m.start() for m in [_name_pattern(group.name).search(prompt)] if m]
-        for m in _CN_IMAGE_REF.finditer(prompt):
-            path = _nth(shot.character_refs, int(m.group(1)))
-            if path is not None and path in (group.frontal, *group.others):
-                found.append(m.start())
-        return min(found, default=math.inf)
+    return sorted(groups, key=lambda g: _first_mention(g, prompt, shot))  # stable: unnamed keep their order
 
-    return sorted(groups, key=first_mention)  # stable: unnamed ones keep the shot's order
+
+def _first_mention(group: Portraits, prompt: str, shot: Shot) -> float:
+    """Where `prompt` first names the character (or one of its portraits, @图片N); inf if never."""
+    found = [m.start() for m in [_name_pattern(group.name).search(prompt)] if m]
+    for m in _CN_IMAGE_REF.finditer(prompt):
+        path = _nth(shot.character_refs, int(m.group(1)))
+        if path is not None and path in (group.frontal, *group.others):
+            found.append(m.start())
+    return min(found, default=math.inf)
 
 
 def _nth(paths: Sequence[Path], n: int) -> Path | None:
     return paths[n - 1] if 1 <= n <= len(paths) else None
 
 
-def _element_prompt(prompt: str, shot: Shot, token: str, groups: list[Portraits]) -> str:
+def _element_prompt(
+    prompt: str, shot: Shot, token: str, groups: list[Portraits], listed: set[str] | None = None
+) -> str:
     """Name each character's element in the prompt: `@Name` becomes `@ElementN`, else its first
     mention gets `(@ElementN)` after it; @图片N pointing at a portrait becomes its character's
-    element; a character the prompt never names is listed on a last line."""
+    element; a character the prompt never names is listed on a last line (only those in `listed`,
+    when given: a multi-shot item lists the characters of its own shot, not the whole group's)."""
     if re.search(re.escape(token.format(n=1)), prompt):
         return prompt  # the author numbered the elements already
     index = {p: i for i, g in enumerate(groups, start=1) for p in (g.frontal, *g.others)}
@@ -404,7 +417,7 @@ def _element_prompt(prompt: str, shot: Shot, token: str, groups: list[Portraits]
         match = pattern.search(text)
         if match:
             text = f"{text[: match.end()]} ({tok}){text[match.end() :]}"
-        else:
+        elif listed is None or group.name in listed:
             unnamed.append(f"{tok}: {group.name}")
     return f"{text}\n{'; '.join(unnamed)}" if unnamed else text
 
@@ -552,3 +565,308 @@ def _where(shot: Shot) -> str:
 
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --------------------------------------------------------------------------- multi-shot groups
+
+
+def plan_multishot(
+    shots: Sequence[Shot],
+    spec: ModelSpec,
+    *,
+    provider: str,
+    seed: int | None,
+    duration_policy: str = "raise",
+    character_refs: bool = True,
+    payload_extra: Mapping[str, Any] | None = None,
+    rng: random.Random | None = None,
+    max_prompt_chars: int | None = None,
+    previous_seeds: Mapping[str, int] | None = None,
+    groups: Sequence[Sequence[str]] | None = None,
+    scene_settings: Mapping[str, str] | None = None,
+) -> Plan:
+    """strategy=multishot: the shots grouped (grouping.group_shots, with `groups` as a stated
+    grouping on top of each shot's `group` label), one `Job` per group (`plan_group`) and the
+    single-shot path (`plan_jobs`) for every shot that renders alone, in shot order; `fallbacks`
+    says why each of those is alone. `scene_settings` (grouping.read_scene_settings) is folded into
+    the group's items. A model without multi-shot endpoints plans every shot alone."""
+    if duration_policy not in ("raise", "strict"):
+        raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
+    cap = DEFAULT_MAX_PROMPT_CHARS if max_prompt_chars is None else int(max_prompt_chars)
+    if cap < 1:
+        raise ConfigError(f"max_prompt_chars={max_prompt_chars} must be at least 1")
+    rng = rng or random.Random()
+    previous = previous_seeds or {}
+    single = dict(
+        provider=provider,
+        seed=seed,
+        duration_policy=duration_policy,
+        character_refs=character_refs,
+        payload_extra=payload_extra,
+        rng=rng,
+        max_prompt_chars=max_prompt_chars,
+        previous_seeds=previous,
+    )
+    if spec.multishot is None:
+        plan = plan_jobs(shots, spec, **single)  # type: ignore[arg-type]
+        reason = f"model={spec.name} takes no multi-shot groups on provider={provider}"
+        plan.fallbacks = {s.id: reason for s in shots}
+        return plan
+    try:
+        planned = group_shots(shots, spec.multishot.limits, policy=duration_policy, explicit=groups)
+    except ConfigError as exc:
+        return Plan(jobs=[], errors=str(exc).splitlines())
+    plan = Plan(jobs=[], errors=[])
+    for item in planned:
+        if isinstance(item, Fallback):
+            plan.fallbacks[item.shot.id] = item.reason
+            alone = plan_jobs([item.shot], spec, **single)  # type: ignore[arg-type]
+            note = f"renders alone (strategy=multishot): {item.reason}"
+            plan.jobs.extend(dataclasses.replace(j, notes=(note, *j.notes)) for j in alone.jobs)
+            plan.errors.extend(alone.errors)
+            continue
+        try:
+            plan.jobs.append(
+                plan_group(
+                    item,
+                    spec,
+                    provider=provider,
+                    seed=seed,
+                    rng=rng,
+                    character_refs=character_refs,
+                    payload_extra=payload_extra,
+                    max_prompt_chars=cap,
+                    previous_seed=previous.get(item.shots[0].id),
+                    scene_settings=scene_settings,
+                )
+            )
+        except ConfigError as exc:
+            plan.errors.append(str(exc))
+    return plan
+
+
+def choose_group_mode(group: Group, multishot: MultishotSpec, character_refs: bool = True) -> ModeSpec:
+    """The multi-shot mode that carries most of the group: its characters as elements first, then
+    its first shot's keyframe (image-to-video only with one); text-to-video when neither fits."""
+    keyframe = group.shots[0].start_frame is not None
+    characters = character_refs and any(s.character_refs for s in group.shots)
+    best: tuple[tuple[bool, bool], ModeSpec] | None = None
+    for mode in (I2V, T2V, REF):  # on a tie the earlier one: a keyframe's own endpoint, else plain text
+        mode_spec = multishot.modes.get(mode)
+        if mode_spec is None or (mode == I2V and not keyframe):
+            continue
+        score = (
+            characters and mode_spec.takes("character_refs"),
+            keyframe and mode_spec.takes("start_frame"),
+        )
+        if best is None or score > best[0]:
+            best = (score, mode_spec)
+    if best is None:
+        raise ConfigError(
+            f"{group.key} ({', '.join(s.id for s in group.shots)}): model={_model_of(multishot)} has no "
+            "multi-shot endpoint for a group without a keyframe"
+        )
+    return best[1]
+
+
+def _model_of(multishot: MultishotSpec) -> str:
+    return next(iter(multishot.modes.values())).model if multishot.modes else "?"
+
+
+def plan_group(
+    group: Group,
+    spec: ModelSpec,
+    *,
+    provider: str,
+    seed: int | None,
+    rng: random.Random | None = None,
+    character_refs: bool = True,
+    payload_extra: Mapping[str, Any] | None = None,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    previous_seed: int | None = None,
+    scene_settings: Mapping[str, str] | None = None,
+) -> Job:
+    """One multi-shot group as one `Job` (key `group-NN`): each shot's prompt (the model's variant,
+    the scene's setting folded in, character names as @ElementN) and length become one item of the
+    list field (`multi_prompt`); the characters of the whole group become the elements, one per
+    character, each file once; the first shot's keyframe is the start image where the mode takes
+    one. The call's duration is the shots' sum and is priced as one clip of that length."""
+    multishot = spec.multishot
+    if multishot is None:
+        raise ConfigError(f"model={spec.name} takes no multi-shot groups")
+    rng = rng or random.Random()
+    mode_spec = choose_group_mode(group, multishot, character_refs)
+    first = group.shots[0]
+    variants, prompts = [], []
+    for shot, seconds in zip(group.shots, group.durations, strict=True):
+        variant, prompt = pick_prompt(shot, spec)
+        prompt = _DURATION_TEXT.sub(f"(Duration: {seconds}s)", prompt)
+        setting = scene_setting(scene_settings or {}, shot.scene)
+        if setting and setting not in prompt:  # no prompt is sent beside the items: the setting goes in each
+            prompt = f"Setting: {setting}\n{prompt}"
+        variants.append(variant)
+        prompts.append(prompt)
+    refs = group_references(group, mode_spec, prompts, character_refs)
+    if refs and mode_spec.ref_token and isinstance(refs[0], Portraits):
+        prompts = [
+            _element_prompt(prompt, shot, mode_spec.ref_token, refs, listed=_present(refs, shot))
+            for shot, prompt in zip(group.shots, prompts, strict=True)
+        ]
+    total = group.total_s
+    if seed is not None:
+        job_seed = seed
+    else:
+        job_seed = previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
+    settings = mode_spec.settings
+    negatives = list(dict.fromkeys(s.negative_prompt for s in group.shots if s.negative_prompt))
+    generic: dict[str, Any] = {
+        # Sent only where the mode maps it (the preview's title line); Kling sends items alone.
+        "prompt": f"{group.key}: {', '.join(s.id for s in group.shots)}",
+        "start_frame": first.start_frame if mode_spec.mode in (I2V, REF) else None,
+        "end_frame": None,
+        "character_refs": refs,
+        "duration": total,
+        "aspect_ratio": first.aspect_ratio or DEFAULT_ASPECT,
+        "resolution": settings.get("resolution"),
+        "audio": settings.get("audio"),
+        "seed": job_seed,
+        "negative_prompt": ", ".join(negatives) or None,
+        "title": group.key,
+    }
+    payload, files = build_payload(mode_spec, generic)
+    payload[multishot.items_field] = [
+        _item(multishot, shot, prompt, seconds)
+        for shot, prompt, seconds in zip(group.shots, prompts, group.durations, strict=True)
+    ]
+    payload.update(payload_extra or {})
+    check_text_sizes(first, mode_spec, payload, max_prompt_chars)
+    for shot, prompt in zip(group.shots, prompts, strict=True):
+        if len(prompt) > max_prompt_chars:
+            raise ConfigError(
+                f"{group.key}: {_where(shot)}'s prompt is {len(prompt):,} characters; "
+                f"the limit is max_prompt_chars={max_prompt_chars}"
+            )
+    sent = sent_values(first, mode_spec, payload, priced_keys(spec.pricing))
+    if sent.pop("duration", total) != total:
+        field_name = mode_spec.fields["duration"].field
+        raise ConfigError(
+            f"{group.key}: payload_extra sets {field_name}={payload[field_name]!r}, but a multi-shot "
+            f"group's duration is the sum of its shots' ({total}s)"
+        )
+    aspect = sent.pop("aspect_ratio", generic["aspect_ratio"])
+    job_settings = {**settings, **sent}
+    cost = estimate_usd(
+        spec.pricing,
+        duration_s=total,
+        settings=job_settings,
+        endpoint=mode_spec.endpoint,
+        mode=mode_spec.mode,
+        aspect_ratio=aspect,
+    )
+    hashes = {key: _hash_input(first, path) for key, path in files.items()}
+    seed_spec = mode_spec.fields.get("seed")
+    identity = job_identity(
+        provider,
+        mode_spec.endpoint,
+        payload,
+        files,
+        hashes,
+        seed is None,
+        seed_spec.field if seed_spec else None,
+        take=job_seed if seed is not None and seed_spec is None else None,
+    )
+    requested = [s.duration_s for s in group.shots]
+    return Job(
+        key=group.key,
+        shots=group.shots,
+        provider=provider,
+        model=spec.name,
+        mode=mode_spec.mode,
+        endpoint=mode_spec.endpoint,
+        payload=payload,
+        files=files,
+        duration_s=total,
+        requested_duration_s=None if None in requested else sum(requested),  # type: ignore[arg-type]
+        duration_note="; ".join(group.notes) or None,
+        prompt_variant=",".join(dict.fromkeys(variants)),
+        seed=job_seed,
+        seed_random=seed is None,
+        estimate_usd=cost,
+        settings=job_settings,
+        identity=identity,
+        file_hashes=hashes,
+        seed_field=seed_spec.field if seed_spec else None,
+        min_image_px=spec.min_image_px,
+        rules=mode_spec.rules,
+        notes=_group_notes(group, spec.name, mode_spec, files.values()),
+        shot_durations_s=group.durations,
+        shot_prompts=tuple(prompts),
+    )
+
+
+def group_references(
+    group: Group, mode_spec: ModeSpec, prompts: Sequence[str], enabled: bool = True
+) -> list[Any] | None:
+    """The group's portraits as the mode takes them: one `Portraits` per character of any of its
+    shots (each file once), ordered by where the items first name them, for Kling elements; else
+    the files. As for one shot (`character_references`): None where the mode takes none, and outside
+    a reference mode a character with only a front portrait is left out."""
+    fspec = mode_spec.fields.get("character_refs")
+    paths = tuple(dict.fromkeys(p for s in group.shots for p in s.character_refs))
+    if fspec is None or not paths or not (enabled or mode_spec.mode == REF):
+        return None
+    if fspec.shape not in _ELEMENT_SHAPES:
+        return list(paths)
+    names = tuple(dict.fromkeys(n for s in group.shots for n in s.characters))
+    merged = dataclasses.replace(group.shots[0], characters=names, character_refs=paths)
+    portraits = group_portraits(merged)
+    if mode_spec.mode != REF:
+        portraits = [g for g in portraits if g.others]
+
+    def first_mention(portrait: Portraits) -> tuple[float, float]:
+        for k, (shot, prompt) in enumerate(zip(group.shots, prompts, strict=True)):
+            at = _first_mention(portrait, prompt, shot)
+            if at != math.inf:
+                return (k, at)
+        return (math.inf, 0)
+
+    return sorted(portraits, key=first_mention) or None
+
+
+def _present(refs: Sequence[Portraits], shot: Shot) -> set[str]:
+    """The characters (of `refs`) whose portraits this shot has: the ones its item must name."""
+    own = set(shot.character_refs)
+    return {g.name for g in refs if own & {g.frontal, *g.others}}
+
+
+def _item(multishot: MultishotSpec, shot: Shot, prompt: str, seconds: int) -> dict[str, Any]:
+    values = {
+        "prompt": prompt,
+        "duration": seconds,
+        "title": shot.id,
+        "caption": _caption(shot, prompt),
+        "dialogue": shot.dialogue,
+    }
+    return {f.field: f.convert(values[g]) for g, f in multishot.items.items() if values.get(g) is not None}
+
+
+def _group_notes(group: Group, model: str, mode_spec: ModeSpec, sent: Iterable[Path]) -> tuple[str, ...]:
+    """The group's inputs its call does not carry: keyframes after the first shot's (one call starts
+    from one image), end frames, portraits left out."""
+    used = set(sent)
+    notes = []
+    for k, shot in enumerate(group.shots):
+        if shot.start_frame is not None and shot.start_frame not in used:
+            why = (
+                "a multi-shot call starts from its first shot's keyframe only"
+                if k
+                else (f"model={model} takes none in a {mode_spec.mode} group")
+            )
+            notes.append(f"{shot.id}: keyframe {shot.start_frame.name} not used: {why}")
+        if shot.end_frame is not None and shot.end_frame not in used:
+            notes.append(f"{shot.id}: end frame {shot.end_frame.name} not used: multi-shot calls take none")
+    portraits = list(dict.fromkeys(p for s in group.shots for p in s.character_refs))
+    unused = [p.name for p in portraits if p not in used]
+    if unused and used & set(portraits):
+        notes.append(f"portraits {', '.join(unused)} not used by model={model} in {mode_spec.mode}")
+    return tuple(notes)

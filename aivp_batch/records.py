@@ -2,7 +2,9 @@
 summaries. Every file is written atomically (temp file, fsync, rename), so a crash leaves either
 the old or the new version, never half of one.
 
-- `video/log/shot-NN.json`: the spec's log fields plus everything needed to redo the render.
+- `video/log/shot-NN.json`: the spec's log fields plus everything needed to redo the render. Under
+  strategy=multishot a group has its own `video/log/group-NN.json` (type `group`, its clip and
+  its shots), and each of its shots' logs names the group and describes the shot's own part.
 - `video/plan.md`: rendered from the logs after every change; never hand-edited.
 - `<store>/jobs/<identity>.json`: the journal, keyed by job identity. It is written with the
   request id *before* waiting, so a killed run re-attaches instead of paying again.
@@ -58,8 +60,19 @@ class Journal:
         atomic_write_json(self.dir / f"{identity}.json", data, pretty=False)
         return data
 
+    async def aput(self, identity: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        """`put` from a worker thread: the fsync (which on ext4 also flushes other files' dirty data,
+        e.g. clips being downloaded) waits there, not on the event loop; the caller still waits for
+        it before going on, so the record is durable before the step it guards."""
+        return await asyncio.to_thread(self.put, identity, record)
+
     def clip_path(self, identity: str) -> Path:
         return self.clips / f"{identity}.mp4"
+
+    def part_path(self, identity: str, index: int) -> Path:
+        """A multi-shot group's clip cut at its shots (index 0 is the first): kept beside the clip,
+        by position, so two groups with one identity share their parts too."""
+        return self.clips / identity / f"part-{index + 1:02d}.mp4"
 
 
 class UploadCache:
@@ -120,8 +133,16 @@ def plan_row(log: Mapping[str, Any]) -> str:
 
 
 def _note(log: Mapping[str, Any]) -> str:
-    parts = [log.get("error") if log.get("status") in (FAILED, UNKNOWN) else None, log.get("duration_note")]
-    parts += list(log.get("notes") or []) + [log.get("note")]
+    parts = [log.get("error") if log.get("status") in (FAILED, UNKNOWN) else None]
+    parts += (
+        str(log.get("duration_note") or "").split("; ") + list(log.get("notes") or []) + [log.get("note")]
+    )
+    if log.get("group"):  # a shot of a multi-shot group: its cost is on the group's row
+        parts.insert(0, f"part {log.get('part') or '?'} of {log['group']}")
+    elif log.get("type") == "group":  # what concerns one of its shots is said on that shot's row
+        shots = [str(s) for s in log.get("shots") or ()]
+        parts = [p for p in parts if not str(p).startswith(tuple(f"{s}:" for s in shots))]
+        parts.insert(0, f"group of {', '.join(shots)}")
     text = "; ".join(str(p) for p in dict.fromkeys(parts) if p)
     return text if len(text) <= _NOTE_CHARS else text[: _NOTE_CHARS - 1] + "…"
 
@@ -133,32 +154,39 @@ def _cell(value: Any) -> str:
 
 def _cost_cell(log: Mapping[str, Any]) -> str:
     cost = log.get("cost_usd")
-    if log.get("status") != DONE or not isinstance(cost, int | float):
+    if log.get("status") != DONE or not isinstance(cost, int | float) or log.get("group"):
         return ""
     return f"${cost:.2f}" if log.get("cost_source") == "billed" or not cost else f"~${cost:.2f}"
 
 
 def _costs(log: Mapping[str, Any]) -> tuple[float, float]:
-    """(billed, estimated) of a done shot's clip, for the plan's totals line."""
-    if log.get("status") != DONE:
+    """(billed, estimated) of a done shot's clip, for the plan's totals line; a multi-shot group's
+    once, on its own row (its shots' rows add nothing)."""
+    if log.get("status") != DONE or log.get("group"):
         return 0.0, 0.0
     cost = float(log.get("cost_usd") or 0.0)
     estimate = float(log.get("estimate_usd") or cost)
     return (cost if log.get("cost_source") == "billed" else 0.0), estimate
 
 
-def _plan_text(rows: list[tuple[int, str]], costs: list[tuple[float, float]]) -> str:
-    """`rows`: (shot number, row); `#` is the shot's number (shot-07 → 7), not the row's."""
-    body = "".join(f"| {number if number < 10**9 else ''} | {row}\n" for number, row in rows)
+def _plan_text(rows: list[tuple[int | str, str]], costs: list[tuple[float, float]]) -> str:
+    """`rows`: (shot number, row); `#` is the shot's number (shot-07 → 7), not the row's; blank for
+    a multi-shot group's row (its shots' rows follow it)."""
+    body = "".join(
+        f"| {number if isinstance(number, int) and number < 10**9 else ''} | {row}\n" for number, row in rows
+    )
     billed, estimated = sum(c[0] for c in costs), sum(c[1] for c in costs)
     totals = f"\nTotal of the clips listed: ${billed:.2f} billed; ${estimated:.2f} estimated.\n"
     return "# Video generation plan\n\n" + PLAN_HEADER + body + totals
 
 
-def _order(log: Mapping[str, Any]) -> tuple[int, str]:
+def _order(log: Mapping[str, Any]) -> tuple[int, int, str]:
+    """(shot number, 0 for a multi-shot group's row and 1 for a shot's, id): by shot number, each
+    group's row just before its first shot's."""
     shot_id = str(log.get("id", ""))
-    digits = "".join(ch for ch in shot_id if ch.isdigit())
-    return (int(digits) if digits else 10**9, shot_id)
+    group = log.get("type") == "group" and log.get("shots")
+    digits = "".join(ch for ch in str(log["shots"][0] if group else shot_id) if ch.isdigit())
+    return (int(digits) if digits else 10**9, 0 if group else 1, shot_id)
 
 
 class PlanBoard:
@@ -214,6 +242,9 @@ class PlanBoard:
             self._pending.cancel()
             self._pending = None
         ordered = sorted(self._rows.values(), key=lambda r: r[0])
-        text = _plan_text([(order[0], row) for order, row, _ in ordered], [cost for _, _, cost in ordered])
+        text = _plan_text(
+            [("" if order[1] == 0 else order[0], row) for order, row, _ in ordered],
+            [cost for _, _, cost in ordered],
+        )
         atomic_write_text(self.output_dir / "plan.md", text, durable=False)
         self._written_at = time.monotonic()

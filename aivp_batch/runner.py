@@ -33,6 +33,7 @@ from .providers.base import HistoryRow, Outcome, Provider, StatusUpdate, Submiss
 from .reconcile import LostSubmit, ReconcilePolicy, Verdict
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
 from .schemas import EndpointSchema
+from .split import split_clip
 from .store_lock import JobLocks
 from .versions import versions
 
@@ -95,12 +96,26 @@ class _JobRun:
         self._paid: Mapping[str, Any] | None = None  # the done record a rerender may fail to replace
         self.t0 = time.monotonic()
         self._slot: asyncio.Semaphore | None = None
+        # A group's deliveries someone edited: kept as they are, and their logs too.
+        self._kept: dict[str, Path] = {}
+
+    @property
+    def is_group(self) -> bool:
+        """A multi-shot group: one request, one clip, cut into one part per shot."""
+        return bool(self.job.shot_durations_s)
 
     # -- records -------------------------------------------------------------------------------
     def record(self, status: str, **fields: Any) -> None:
         self.log.update(fields, status=status, timestamp=now_iso())
-        for shot in self.job.shots:
-            self.ctx.board.update(shot.id, {**self.log, "id": shot.id})
+        if self.is_group:
+            if self.job.key not in self._kept:
+                self.ctx.board.update(self.job.key, group_log(self.job, self.log))
+            for k, shot in enumerate(self.job.shots):
+                if shot.id not in self._kept:
+                    self.ctx.board.update(shot.id, part_log(self.job, self.ctx, self.log, k))
+        else:
+            for shot in self.job.shots:
+                self.ctx.board.update(shot.id, {**self.log, "id": shot.id})
         if self.ctx.on_event:
             self.ctx.on_event(self.job.key, status, self.log)
 
@@ -152,17 +167,27 @@ class _JobRun:
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
         record = self.ctx.journal.get(self.job.identity) or {}
-        if not self.rerender and (edited := self._edited_deliveries(record)):
-            return self._keep(edited)
+        edited = {} if self.rerender else self._edited_deliveries(record)
+        if edited and not (self.is_group and record.get("status") == DONE):
+            return self._keep(list(edited.values()))
+        if edited:  # a finished group: the edited files stay; its other files are delivered
+            self._warn_kept(list(edited.values()))
+            self._kept = edited
         if record.get("status") == DONE:
             self._paid = record
         if record.get("status") == DONE and not self.rerender:
-            if await self._restore(record):
-                return self._reuse(self.ctx.journal.get(self.job.identity) or record)
-            return self.fail(
-                "its paid clip is gone (not in the store, not in video/clips, and the result URL has "
-                f"expired); not paying for it again without rerender=[{self.job.key}]"
-            )
+            if not await self._restore(record):
+                return self.fail(
+                    "its paid clip is gone (not in the store, not in video/clips, and the result URL has "
+                    f"expired); not paying for it again without rerender=[{self.job.key}]"
+                )
+            record = self.ctx.journal.get(self.job.identity) or record
+            if self.is_group:
+                try:
+                    record = await self._ensure_parts(record)
+                except (MediaError, OSError) as exc:
+                    return self._uncut(exc)
+            return self._reuse(record)
         # A slot is a request in flight at the provider: it is given back as soon as the result is
         # in, so the next job is submitted while this one downloads and verifies.
         await slots.acquire()
@@ -193,28 +218,41 @@ class _JobRun:
         """Asked for again (`rerender=`): rendered and paid for although a finished clip exists."""
         return any(shot.id in self.ctx.rerender for shot in self.job.shots)
 
-    def _edited_deliveries(self, record: Mapping[str, Any]) -> list[Path]:
-        """Delivered clips whose bytes are neither this job's stored clip nor the one last delivered
-        for the shot: someone edited (or replaced) them, and they are theirs now."""
-        edited = []
-        for shot in self.job.shots:
-            path = self.ctx.delivered(shot.id)
+    def _deliveries(self, record: Mapping[str, Any]) -> list[tuple[str, Path, Mapping[str, Any] | None]]:
+        """(log id, delivered file, the clip the record says it is) of each file the job delivers:
+        a shot's clip; or a group's clip and each of its shots' parts."""
+        if not self.is_group:
+            return [(shot.id, self.ctx.delivered(shot.id), record.get("clip")) for shot in self.job.shots]
+        parts = _parts_of(record, len(self.job.shots))
+        return [(self.job.key, self.ctx.delivered(self.job.key), record.get("clip"))] + [
+            (shot.id, self.ctx.delivered(shot.id), part)
+            for shot, part in zip(self.job.shots, parts, strict=True)
+        ]
+
+    def _edited_deliveries(self, record: Mapping[str, Any]) -> dict[str, Path]:
+        """Delivered clips whose bytes are neither this job's stored clip (a group's part) nor the
+        one last delivered for the shot: someone edited (or replaced) them, and they are theirs now."""
+        edited = {}
+        for log_id, path, clip in self._deliveries(record):
             if not path.is_file():
                 continue
-            last = self.ctx.board.delivered.get(shot.id) or {}
+            last = self.ctx.board.delivered.get(log_id) or {}
             if _unchanged(path, last.get("delivered") or {}):
                 continue
-            known = {(record.get("clip") or {}).get("sha256"), (last.get("clip") or {}).get("sha256")}
+            known = {(clip or {}).get("sha256"), (last.get("clip") or {}).get("sha256")}
             if sha256_file(path) not in known - {None}:
-                edited.append(path)
+                edited[log_id] = path
         return edited
 
-    def _keep(self, edited: list[Path]) -> JobResult:
+    def _warn_kept(self, edited: list[Path]) -> None:
         for path in edited:
             shown = relpath(path, self.ctx.output_dir.parent)
             self.ctx.warn(
                 f"{shown} was changed on disk; keeping it (rerender=[{self.job.key}] renders it again)"
             )
+
+    def _keep(self, edited: list[Path]) -> JobResult:
+        self._warn_kept(edited)
         # Its log stays as it was: it describes the render that was delivered, not this plan.
         return JobResult(self.job.key, "done", reused=True, kept=True)
 
@@ -224,14 +262,16 @@ class _JobRun:
             self._slot = None
 
     async def _restore(self, record: Mapping[str, Any]) -> bool:
-        """Is the paid-for clip still at hand? From the store, a shot clip, or the result URL."""
+        """Is the paid-for clip still at hand? From the store, a shot clip (a group's own clip), or
+        the result URL."""
         store = self.ctx.journal.clip_path(self.job.identity)
         clip = record.get("clip") or {}
         want = clip.get("sha256")
         if store.exists() and (_unchanged(store, clip) or sha256_file(store) == want):
             return True
-        for shot in self.job.shots:
-            delivered = self.ctx.delivered(shot.id)
+        copies = [self.job.key] if self.is_group else [shot.id for shot in self.job.shots]
+        for log_id in copies:
+            delivered = self.ctx.delivered(log_id)
             if delivered.exists() and sha256_file(delivered) == want:
                 copy_file(delivered, store)
                 return True
@@ -247,17 +287,37 @@ class _JobRun:
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
         try:
-            delivered = self._place_clip(record)
+            stamps = self._place_clips(record)
         except OSError as exc:
             return self._undelivered(exc)
-        last = [self.ctx.board.delivered.get(shot.id) or {} for shot in self.job.shots]
-        if all(d.get("identity") == self.job.identity and d.get("delivered") == delivered for d in last):
+        unchanged = all(
+            (last := self.ctx.board.delivered.get(log_id) or {}).get("identity") == self.job.identity
+            and last.get("delivered") == stamps.get(log_id)
+            and (last.get("clip") or {}).get("sha256") == (clip or {}).get("sha256")
+            for log_id, _, clip in self._deliveries(record)
+            if log_id not in self._kept
+        )
+        if unchanged:
             # Nothing about the shot changed: its log and row stay exactly as they are.
             if self.ctx.on_event:
                 self.ctx.on_event(self.job.key, "done", {**self.log, **_done_fields(record), "reused": True})
         else:
-            self.record("done", **_done_fields(record), delivered=delivered, reused=True, note="reused")
-        return JobResult(self.job.key, "done", reused=True, request_id=record.get("request_id"))
+            self.record(
+                "done", **_done_fields(record), **self._delivered_fields(stamps), reused=True, note="reused"
+            )
+        return JobResult(
+            self.job.key, "done", reused=True, request_id=record.get("request_id"), kept=bool(self._kept)
+        )
+
+    def _delivered_fields(self, stamps: Mapping[str, dict[str, int]]) -> dict[str, Any]:
+        """The log fields saying what was delivered: the file's size and mtime (a group: its own
+        clip's, and each shot's part's under `delivered_parts`)."""
+        if not self.is_group:
+            return {"delivered": stamps.get(self.job.shots[-1].id) if self.job.shots else {}}
+        return {
+            "delivered": stamps.get(self.job.key),
+            "delivered_parts": {shot.id: stamps.get(shot.id) for shot in self.job.shots},
+        }
 
     async def _submit(self, record: Mapping[str, Any]) -> JobResult:
         job, ledger = self.job, self.ctx.ledger
@@ -288,7 +348,7 @@ class _JobRun:
             "sent_at": time.time(),
             "start_timeout": self.provider.start_timeout,
         }
-        self.ctx.journal.put(job.identity, sending)
+        await self.ctx.journal.aput(job.identity, sending)
         try:
             submission = await self.provider.submit(job.endpoint, payload)
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
@@ -305,7 +365,7 @@ class _JobRun:
             self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit refused")
             return self.refuse(str(exc))
-        journal = self.ctx.journal.put(
+        journal = await self.ctx.journal.aput(
             job.identity,
             {
                 **base,
@@ -446,7 +506,14 @@ class _JobRun:
         except (MediaError, ProviderError, OSError) as exc:
             self.ctx.journal.put(job.identity, {**record, "output": outcome.output})
             return self.fail(f"download failed: {exc}; rerun to fetch it again")
-        done = self.ctx.journal.put(
+        cut: dict[str, Any] = {}
+        uncut: BaseException | None = None
+        if self.is_group:  # cut into its shots before it is journalled done: the record has the parts
+            try:
+                cut["parts"] = await self._cut_parts([None] * len(job.shots), clip)
+            except (MediaError, OSError) as exc:  # paid for all the same: journalled, never bought again
+                cut["parts"], uncut = None, exc
+        done = await self.ctx.journal.aput(
             job.identity,
             {
                 **record,
@@ -455,20 +522,23 @@ class _JobRun:
                 "video_url": outcome.video_url,
                 "seed_returned": outcome.seed,
                 "clip": clip,
+                **cut,
                 **(await self._cost(outcome)),
                 "completed_at": now_iso(),
                 "request_id": submission.request_id,
             },
         )
         await ledger.settle(job.key, job.identity, done["cost_usd"], done["cost_source"])
+        if uncut is not None:
+            return self._uncut(uncut, **_done_fields(done))
         try:
-            delivered = self._place_clip(done)
+            stamps = self._place_clips(done)
         except OSError as exc:
             return self._undelivered(exc, cost_usd=done["cost_usd"])
         self.record(
             "done",
             **_done_fields(done),
-            delivered=delivered,
+            **self._delivered_fields(stamps),
             timings={
                 **self.log.get("timings", {}),
                 **outcome.timings,
@@ -537,14 +607,14 @@ class _JobRun:
         dest = self.ctx.journal.clip_path(self.job.identity)
         part = dest.with_name(dest.name + ".part")
         ensure_dir(part.parent)
-        size = await self.provider.download(outcome.video_url, part)
+        got = await self.provider.download(outcome.video_url, part)
         info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
         os.replace(part, dest)
         stat = dest.stat()
         return {
             "mtime_ns": stat.st_mtime_ns,
-            "bytes": size,
-            "sha256": await asyncio.to_thread(sha256_file, dest),
+            "bytes": got.size,
+            "sha256": got.sha256,  # taken while downloading: the clip is never read again to hash it
             "duration_s": round(info.duration_s, 3),
             "frames": info.frames,
             "width": info.width,
@@ -552,6 +622,82 @@ class _JobRun:
             "fps": info.fps,
             "has_audio": info.has_audio,
         }
+
+    # -- multi-shot groups: the parts -----------------------------------------------------------
+    async def _ensure_parts(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Every part of the group's stored clip at hand in the store: a lost one is copied back
+        from its delivered shot clip, else cut again from the stored group clip (never bought)."""
+        job, journal = self.job, self.ctx.journal
+        parts = _parts_of(record, len(job.shots))
+        missing = []
+        changed = False
+        for k, (shot, part) in enumerate(zip(job.shots, parts, strict=True)):
+            stored = journal.part_path(job.identity, k)
+            want = (part or {}).get("sha256")
+            if want is None:
+                missing.append(k)
+            elif stored.is_file() and (_unchanged(stored, part or {}) or sha256_file(stored) == want):
+                continue
+            elif (delivered := self.ctx.delivered(shot.id)).is_file() and sha256_file(delivered) == want:
+                copy_file(delivered, stored.with_name(stored.name + ".part"))
+                os.replace(stored.with_name(stored.name + ".part"), stored)
+                parts[k] = {**(part or {}), **_stamp(stored)}
+                changed = True
+            else:
+                missing.append(k)
+        if missing:
+            parts = await self._cut_parts(parts, record.get("clip") or {}, only=missing)
+        if not (missing or changed):
+            return dict(record)
+        return await journal.aput(job.identity, {**record, "parts": parts})
+
+    async def _cut_parts(
+        self, parts: list[dict[str, Any] | None], clip: Mapping[str, Any], only: list[int] | None = None
+    ) -> list[dict[str, Any] | None]:
+        """Cut the stored group clip at its shots' durations (split.split_clip, in a worker thread),
+        into `<store>/clips/<identity>/part-NN.mp4`; `only` the parts at those indices replace the
+        stored ones (the others stay as they are). Returns the parts, each with its sha256."""
+        job, journal = self.job, self.ctx.journal
+        src = journal.clip_path(job.identity)
+        finals = [journal.part_path(job.identity, k) for k in range(len(job.shots))]
+        scratch = finals[0].parent / f".cut-{os.getpid()}-{id(self):x}"
+        try:
+            infos = await asyncio.to_thread(
+                split_clip,
+                src,
+                [scratch / final.name for final in finals],
+                [float(d) for d in job.shot_durations_s],
+            )
+            out = list(parts)
+            for k, info in enumerate(infos):
+                if only is not None and k not in only:
+                    continue
+                os.replace(info.path, finals[k])
+                out[k] = {
+                    "shot": job.shots[k].id,
+                    **_stamp(finals[k]),
+                    "sha256": info.sha256,
+                    "start_s": round(info.start_s, 3),
+                    "duration_s": round(info.duration_s, 3),
+                    "expected_s": info.expected_s,
+                    "frames": info.frames,
+                    "width": clip.get("width"),
+                    "height": clip.get("height"),
+                    "fps": clip.get("fps"),
+                    "has_audio": info.has_audio,
+                }
+            return out
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _uncut(self, exc: BaseException, **fields: Any) -> JobResult:
+        """The group's clip is paid for and stored, but could not be cut into its shots."""
+        fields.pop("error", None)
+        return self.fail(
+            f"its clip could not be cut into its shots ({exc}); nothing is bought again: "
+            f"rerender=[{self.job.key}] renders the group again",
+            **fields,
+        )
 
     def _undelivered(self, exc: OSError, **fields: Any) -> JobResult:
         """The clip is paid for and safe in the store; only its copy in video/clips failed."""
@@ -561,24 +707,34 @@ class _JobRun:
             f"could not write {where} ({reason}); rerun to deliver it: nothing is bought again", **fields
         )
 
-    def _place_clip(self, record: Mapping[str, Any]) -> dict[str, int]:
-        """Deliver the stored clip to video/clips/<shot>.mp4 as a copy of its own (a reflink where the
-        file system has them), so editing it never touches the paid-for original. Returns the
-        delivered file's size and mtime, which let the next run skip re-hashing it."""
-        src = self.ctx.journal.clip_path(self.job.identity)
-        want = (record.get("clip") or {}).get("sha256")
-        stamp: dict[str, int] = {}
-        for shot in self.job.shots:
-            dest = self.ctx.delivered(shot.id)
-            last = (self.ctx.board.delivered.get(shot.id) or {}).get("delivered") or {}
-            in_place = dest.is_file() and (_unchanged(dest, last) or sha256_file(dest) == want)
+    def _place_clips(self, record: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+        """Deliver the stored clip to video/clips/<shot>.mp4 (a group: its clip to
+        video/clips/group-NN.mp4 and each stored part to its shot's) as a copy of its own (a reflink
+        where the file system has them), so editing it never touches the paid-for original. Returns
+        each delivered file's size and mtime by log id, which let the next run skip re-hashing it."""
+        journal = self.ctx.journal
+        sources = [journal.clip_path(self.job.identity)] * len(self.job.shots)
+        if self.is_group:
+            sources = [journal.clip_path(self.job.identity)] + [
+                journal.part_path(self.job.identity, k) for k in range(len(self.job.shots))
+            ]
+        stamps: dict[str, dict[str, int]] = {}
+        for src, (log_id, dest, clip) in zip(sources, self._deliveries(record), strict=True):
+            if log_id in self._kept:
+                continue
+            last = self.ctx.board.delivered.get(log_id) or {}
+            want = (clip or {}).get("sha256")
+            # What was delivered before, untouched since, if it was this clip; else compare the bytes.
+            same = (last.get("clip") or {}).get("sha256") == want
+            in_place = dest.is_file() and (
+                (same and _unchanged(dest, last.get("delivered") or {})) or sha256_file(dest) == want
+            )
             if not in_place:
                 part = dest.with_name(dest.name + ".part")
                 copy_file(src, part)
                 os.replace(part, dest)
-            stat = dest.stat()
-            stamp = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        return stamp
+            stamps[log_id] = _stamp(dest)
+        return stamps
 
 
 async def _price_unpriced(runs: list[_JobRun], provider: Provider) -> None:
@@ -641,6 +797,19 @@ def _schema_attr(ctx: RunContext, endpoint: str, name: str) -> str | None:
     return getattr(schema, name) if schema is not None else None
 
 
+def _stamp(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _parts_of(record: Mapping[str, Any], count: int) -> list[dict[str, Any] | None]:
+    """A group record's parts, one per shot (None where a part is not known)."""
+    parts = record.get("parts")
+    if not isinstance(parts, list) or len(parts) != count:
+        return [None] * count
+    return [dict(p) if isinstance(p, Mapping) and p.get("sha256") else None for p in parts]
+
+
 def _unchanged(path: Path, clip: Mapping[str, Any]) -> bool:
     """Same size and mtime as when it was stored and hashed: skip re-hashing a big clip."""
     if not clip.get("mtime_ns"):
@@ -682,6 +851,7 @@ def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
         "unit_price": record.get("unit_price"),
         "unit": record.get("unit"),
         "clip": record.get("clip"),
+        **({"parts": record.get("parts")} if "parts" in record else {}),
         "payload": record.get("payload"),
         "attempts": record.get("attempts"),
         "error": None,
@@ -689,14 +859,26 @@ def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
-    """The spec's log fields, plus everything needed to redo the render."""
+    """The spec's log fields, plus everything needed to redo the render. A multi-shot group's log
+    (`video/log/group-NN.json`); each of its shots' logs derive from it (`part_log`)."""
     shot = job.shots[0]
     root = ctx.project_dir
+    group = bool(job.shot_durations_s)
+    if group:
+        sent = set(job.files.values())
+        start = shot.start_frame if shot.start_frame in sent else None
+        input_image, end_image = relpath(start, root), None
+        portraits = list(dict.fromkeys(p for s in job.shots for p in s.character_refs))
+    else:
+        input_image = relpath(shot.start_frame, root) if job.mode in ("I2V", "FLF") else None
+        end_image = relpath(shot.end_frame, root) if job.mode == "FLF" else None
+        portraits = list(shot.character_refs)
+    log_id = job.key if group else shot.id
     return {
-        "id": shot.id,
-        "type": "clip",
+        "id": log_id,
+        "type": "group" if group else "clip",
         # Relative to the folder holding video/ (the project, or a sweep member's run dir).
-        "file": relpath(ctx.delivered(shot.id), ctx.output_dir.parent),
+        "file": relpath(ctx.delivered(log_id), ctx.output_dir.parent),
         "model": job.endpoint,
         "mode": job.mode,
         "status": "pending",
@@ -705,9 +887,9 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "seed": job.seed,
         "duration": str(job.duration_s),
         "aspect_ratio": shot.aspect_ratio or job.payload.get("aspect_ratio"),
-        "input_image": relpath(shot.start_frame, root) if job.mode in ("I2V", "FLF") else None,
-        "end_image": relpath(shot.end_frame, root) if job.mode == "FLF" else None,
-        "character_refs": [relpath(p, root) for p in shot.character_refs],
+        "input_image": input_image,
+        "end_image": end_image,
+        "character_refs": [relpath(p, root) for p in portraits],
         "video_url": None,
         "cost_usd": 0.0,  # nothing is spent until the provider reports the render done
         "timestamp": now_iso(),
@@ -716,6 +898,7 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "model_config": job.model,
         "tier": ctx.tier,
         "shots": [s.id for s in job.shots],
+        **({"shot_durations_s": list(job.shot_durations_s)} if group else {}),
         "identity": job.identity,
         "payload": job.payload,
         "payload_files": {
@@ -741,6 +924,67 @@ def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
         "versions": versions(),
         "error": None,
     }
+
+
+def group_log(job: Job, log: Mapping[str, Any]) -> dict[str, Any]:
+    """A multi-shot group's own log: its clip, its shots and where each is cut out (`parts`)."""
+    parts = _parts_of(log, len(job.shots))
+    starts = _starts(job)
+    planned = [
+        part or {"shot": shot.id, "start_s": start, "expected_s": seconds}
+        for shot, start, seconds, part in zip(job.shots, starts, job.shot_durations_s, parts, strict=True)
+    ]
+    out = {k: v for k, v in log.items() if k != "delivered_parts"}
+    return {**out, "id": job.key, "type": "group", "parts": planned}
+
+
+def part_log(job: Job, ctx: RunContext, log: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """Shot k of a multi-shot group: its own clip (its part of the group's, with its own sha256),
+    its item's prompt and length, and the group it came from. Its cost is its share of the group's
+    by seconds (`group_cost_usd` is the whole); plan.md counts the group's once, on its row."""
+    shot = job.shots[k]
+    seconds = job.shot_durations_s[k]
+    share = seconds / job.duration_s if job.duration_s else 0.0
+    others = [f"{s.id}:" for s in job.shots if s.id != shot.id]
+    mine = [n for n in log.get("notes") or () if not str(n).startswith(tuple(others))]
+    duration_notes = [n for n in str(log.get("duration_note") or "").split("; ") if n]
+    duration_notes = [n for n in duration_notes if not n.startswith(tuple(others))]
+    out = {k2: v for k2, v in log.items() if k2 not in ("parts", "delivered_parts")}
+    return {
+        **out,
+        "id": shot.id,
+        "type": "clip",
+        "group": job.key,
+        "part": f"{k + 1}/{len(job.shots)}",
+        "file": relpath(ctx.delivered(shot.id), ctx.output_dir.parent),
+        "group_file": log.get("file"),
+        "prompt": job.shot_prompts[k] if k < len(job.shot_prompts) else log.get("prompt"),
+        "duration": str(seconds),
+        "start_s": _starts(job)[k],
+        "aspect_ratio": shot.aspect_ratio or log.get("aspect_ratio"),
+        "input_image": log.get("input_image") if k == 0 else None,
+        "end_image": None,
+        "character_refs": [relpath(p, ctx.project_dir) for p in shot.character_refs],
+        "requested_duration_s": shot.duration_s,
+        "duration_note": "; ".join(duration_notes) or None,
+        "notes": mine,
+        "clip": _parts_of(log, len(job.shots))[k],
+        "group_clip": log.get("clip"),
+        "delivered": (log.get("delivered_parts") or {}).get(shot.id),
+        "cost_usd": round(float(log.get("cost_usd") or 0.0) * share, 4),
+        "estimate_usd": round(float(log.get("estimate_usd") or 0.0) * share, 4),
+        "group_cost_usd": log.get("cost_usd"),
+        "group_estimate_usd": log.get("estimate_usd"),
+    }
+
+
+def _starts(job: Job) -> list[int]:
+    """Where each shot of a group starts in the group's clip, in seconds."""
+    out, at = [], 0
+    for seconds in job.shot_durations_s:
+        out.append(at)
+        at += seconds
+    return out
 
 
 async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list[JobResult]:

@@ -1,5 +1,7 @@
 """fal/OpenAPI endpoint input schemas: fetch, cache, validate payloads and local files.
 
+Where a document comes from is the store's `source` (aivp_batch.schema_sources: fal's, the
+default, or Replicate's); caching, the ttl, offline use and validation are the same for all.
 fal publishes one OpenAPI 3.0.4 document per endpoint at
 `{schema_url}/api/openapi/queue/openapi.json?endpoint_id=<id>` (no auth). The documents mix
 3.0 and 3.1 styles (`anyOf [X, {type: null}]`, `examples` arrays), so they are validated with
@@ -7,7 +9,8 @@ JSON Schema 2020-12. Three things JSON Schema alone does not give us, and fal do
 loudly, are added here: unknown keys (fal ignores them silently), readable enum/anyOf messages,
 and the non-standard `x-fal` file limits checked against local files before any upload.
 
-Cache layout (under `cache_dir`): `<safe endpoint>/<sha256>.json` holds the canonical document
+Cache layout (under `cache_dir`, in the source's `cache_namespace` sub-folder where it has one:
+`replicate/` for Replicate's): `<safe endpoint>/<sha256>.json` holds the canonical document
 bytes (so the file name verifies its content) and `<safe endpoint>/index.json` holds
 `{endpoint_id, url, sha256, fetched_at}` for the current copy.
 """
@@ -36,12 +39,14 @@ from aivp_batch.errors import SchemaUnavailable
 from aivp_batch.files import atomic_write_bytes, atomic_write_json
 from aivp_batch.media import sniff_content_type
 from aivp_batch.models import DEFAULT_MIN_IMAGE_PX
+from aivp_batch.schema_sources import FAL_MODELS_PATH, FAL_SCHEMA_PATH, FalSchemaSource, SchemaSource
+from aivp_batch.schema_sources import SourceUnavailable as _Unavailable
 from aivp_batch.snapshot import Snapshot
 
 BUNDLED = Snapshot()
 
-SCHEMA_PATH = "/api/openapi/queue/openapi.json"
-MODELS_PATH = "/v1/models"
+SCHEMA_PATH = FAL_SCHEMA_PATH
+MODELS_PATH = FAL_MODELS_PATH
 _SCHEMAS_PREFIX = "#/components/schemas/"
 _VIDEO_KEYS = {"min_duration", "max_duration", "min_fps", "max_fps"}
 _GEOMETRY_KEYS = {
@@ -596,12 +601,10 @@ def safe_name(endpoint_id: str) -> str:
     return "%2E" + name[1:] if name.startswith(".") else name or "%00"
 
 
-class _Unavailable(Exception):
-    """A fetch failed; the text is the one-line reason."""
-
-
 class SchemaStore:
-    """Endpoint schemas from fal, cached on disk (ttl), memoised in memory, or registered locally."""
+    """Endpoint schemas from a `source` (fal's by default), cached on disk (ttl), memoised in
+    memory, or registered locally. `schema_url`, `api_url`, `timeout_s` and `transport` configure
+    the default fal source; a `source` given brings its own."""
 
     def __init__(
         self,
@@ -615,9 +618,13 @@ class SchemaStore:
         api_url: str | None = None,
         clock: Callable[[], float] = time.time,
         bundled: Snapshot | None = BUNDLED,
+        source: SchemaSource | None = None,
     ) -> None:
         self.schema_url = schema_url.rstrip("/")
         self.api_url = api_url.rstrip("/") if api_url else None
+        self.source: SchemaSource = source or FalSchemaSource(
+            self.schema_url, self.api_url, timeout_s=timeout_s, transport=transport
+        )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
         self.ttl_s = ttl_s
         self.offline = offline
@@ -631,7 +638,7 @@ class SchemaStore:
         self._lock = threading.Lock()
 
     def url_for(self, endpoint_id: str) -> str:
-        return str(httpx.URL(self.schema_url + SCHEMA_PATH, params={"endpoint_id": endpoint_id}))
+        return self.source.url_for(endpoint_id)
 
     def register(self, endpoint_id: str, document: dict) -> EndpointSchema:
         """Add a local document (e.g. the preview provider's own); it wins over any fetch."""
@@ -702,49 +709,22 @@ class SchemaStore:
     def _fetch(self, endpoint_id: str) -> EndpointSchema:
         document = self.fetch_document(endpoint_id)
         try:
-            schema = EndpointSchema(endpoint_id, document, source=f"live ({self.schema_url})")
+            schema = EndpointSchema(endpoint_id, document, source=self.source.label(endpoint_id))
         except ValueError as exc:
             raise _Unavailable(str(exc)) from None
         self._write_cache(endpoint_id, schema)
         return schema
 
     def fetch_document(self, endpoint_id: str) -> dict:
-        """The per-model OpenAPI endpoint; failing that, the platform's model search, which returns
-        the same document with `expand=openapi-3.0`."""
-        try:
-            return self._get_document(self.schema_url + SCHEMA_PATH, {"endpoint_id": endpoint_id})
-        except _Unavailable as first:
-            if not self.api_url:
-                raise
-            params = {"endpoint_id": endpoint_id, "expand": "openapi-3.0"}
-            try:
-                found = self._get_document(self.api_url + MODELS_PATH, params)
-                return found["models"][0]["openapi"]
-            except (_Unavailable, KeyError, IndexError, TypeError):
-                raise first from None
-
-    def _get_document(self, url: str, params: dict[str, str]) -> dict:
-        # Deliberately no Authorization header: these endpoints are public and a key must not leak.
-        try:
-            client = httpx.Client(transport=self.transport, timeout=self.timeout_s, follow_redirects=True)
-            with client:
-                response = client.get(url, params=params)
-        except httpx.HTTPError as exc:
-            raise _Unavailable(f"{type(exc).__name__}: {_one_line(exc)}") from None
-        if response.status_code != 200:
-            raise _Unavailable(f"HTTP {response.status_code}")
-        try:
-            document = response.json()
-        except ValueError:
-            raise _Unavailable("the response is not JSON") from None
-        if not isinstance(document, dict):
-            raise _Unavailable("the response is not an OpenAPI document")
-        return document
+        """The source's document for `endpoint_id` (raises the source's one-line reason)."""
+        return self.source.fetch(endpoint_id)
 
     # -- disk cache
 
     def _dir(self, endpoint_id: str) -> Path:
-        return self.cache_dir / safe_name(endpoint_id)
+        namespace = getattr(self.source, "cache_namespace", None)
+        root = self.cache_dir / safe_name(namespace) if namespace else self.cache_dir
+        return root / safe_name(endpoint_id)
 
     def _read_cache(self, endpoint_id: str) -> tuple[EndpointSchema, float] | None:
         folder = self._dir(endpoint_id)

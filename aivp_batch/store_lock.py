@@ -19,6 +19,7 @@ one store per host there (`store_dir=`).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import socket
@@ -119,18 +120,23 @@ class JobLocks:
 
     @asynccontextmanager
     async def hold(self, identity: str, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
+        # A bare flock, not filelock: one per job, and filelock's bookkeeping costs more than the lock.
         ensure_dir(self.dir)
-        lock = _LOCK(self.dir / f"{identity}.lock", thread_local=False)
-        while True:
-            try:
-                lock.acquire(timeout=0)
-                break
-            except Timeout:
+        fd = os.open(self.dir / f"{identity}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while not _try_flock(fd):
                 if on_wait is not None:
                     on_wait()
                     on_wait = None
                 await asyncio.sleep(self.poll_s)
-        try:
             yield
         finally:
-            lock.release()
+            os.close(fd)  # closing the descriptor drops the lock
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -55,6 +55,7 @@ class Shot:
     character_refs: tuple[Path, ...] = ()
     negative_prompt: str | None = None
     input_frames: str | None = None
+    group: str | None = None  # strategy=multishot: shots sharing a label render in one call
 
 
 @dataclass(frozen=True)
@@ -462,6 +463,7 @@ def _build_shot(project: Path, path: Path, number: int, spec: _Spec) -> Shot:
         character_refs=find_character_refs(project, spec.characters),
         negative_prompt=_value(spec.labels.get("negative prompt") or spec.prompts.get("negative")),
         input_frames=_value(spec.labels.get("input frames")),
+        group=_value(spec.table.get("group")),
     )
 
 

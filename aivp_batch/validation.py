@@ -1,8 +1,9 @@
 """Validation before spending: every payload of the run against its endpoint's published schema,
-undeclared keys (which fal would silently ignore) and local input files — every image decoded in
-full, its bytes matching its extension, its sides at least the schema's `x-fal` minimum or the
-model's `min_image_px` — and the model config's list rules (a Kling element's 1–3 reference
-images), all before the first upload or submission."""
+undeclared keys (which the provider would silently ignore: fal drops them, a Cog model on
+Replicate takes no notice of them) and local input files — every image decoded in full, its bytes
+matching its extension, its sides at least the schema's `x-fal` minimum or the model's
+`min_image_px` — and the model config's list rules (a Kling element's 1–3 reference images), all
+before the first upload or submission."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, Endpoint
             problems.append(f"{where} field {issue.path}: {issue.message}")
         for key in schema.unknown_keys(job.payload):
             problems.append(
-                f"{where} field {key}: not declared by the endpoint's schema (fal would ignore it)"
+                f"{where} field {key}: not declared by the endpoint's schema (the provider would ignore it)"
             )
         for field, path in job.files.items():
             for issue in schema.check_local_file(field, path, min_image_px=job.min_image_px):
@@ -37,15 +38,13 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, Endpoint
 
 
 def rule_problems(job: Job) -> list[str]:
-    """The model config's list rules (`rules:` of a mode; limits fal states only in prose, such as
-    "1–3 reference images, at least one" for a Kling element), one line each: where, how many, the
-    local files concerned and the rule's own message."""
+    """The model config's rules (`rules:` of a mode; limits fal states only in prose, such as
+    "1–3 reference images, at least one" for a Kling element, or "prompt and multi_prompt are
+    mutually exclusive"), one line each: where, what is wrong, the local files concerned and the
+    rule's own message."""
     out: list[str] = []
     for rule in job.rules:
-        for where, value in rule.locations(job.payload):
-            why = rule.check(value)
-            if why is None:
-                continue
+        for where, why in rule.violations(job.payload):
             owner = where.rpartition(".")[0] if "[" in where.rpartition(".")[0] else where
             names = sorted({p.name for key, p in job.files.items() if key.startswith(owner)})
             given = f" (given: {', '.join(names)})" if names else ""

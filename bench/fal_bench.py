@@ -1,39 +1,51 @@
 #!/usr/bin/env python
 """Benchmark of the fal provider against the fake fal server (a benchmark, not a test).
 
-Three ways of rendering the same T2V jobs on a `FakeFal` with a fixed generation latency:
+One command measures every case of the issue's targets and prints one table, a row per case,
+with the ratios measured in that run:
 
-- **aivp-batch**: the real command (`python -m aivp_batch …`) as a subprocess on a synthetic AIVP
-  project of N shots, `provider.max_in_flight=K`; its CPU time and peak RSS come from `wait4`.
-- **fal-client**: the official `fal_client.AsyncClient` (submit + `handle.get()`, its default
-  0.1 s status polling) under an `asyncio.Semaphore(K)`, plus an httpx download per clip.
-- **spec baseline**: the spec's approach (the old shell script) with plain httpx: one clip at a
-  time, submit, poll the status URL every 3 s, get the result, download. It is run on fewer jobs
-  (`--baseline-jobs`) and extrapolated linearly to N.
+1. **aivp-batch, plain output**: the real command (`python -m aivp_batch …`) as a child with stdout
+   a pipe, on a synthetic project of N T2V shots, `provider.max_in_flight=K`.
+2. **in a terminal**: the same under a pty (rich's bounded Live view); within 10% of case 1.
+3. **rerun** of case 1's finished project: 0 requests of any kind.
+4. **big clips**: `--big-jobs` clips of `--big-mb` MB, `--big-in-flight` in flight: makespan, peak
+   RSS, hashed while downloading (no clip re-hashed) and the event loop's lag while writing.
+5. **a sweep**: `-m seed=1,2,3,4` (the aivp sweeper) of `--sweep-jobs` shots each.
+6. **fal-client** (`fal_client.AsyncClient`, submit + `handle.get()` under a Semaphore(K)) on case
+   1's jobs, as a reference; plus the sequential **spec baseline** (`--baseline-jobs`, extrapolated).
 
-The fake server runs in a separate process (its CPU is not counted), and a second pass serves
-padded clips (`--big-mb`) to check that the command's peak RSS stays flat while downloading.
+The fake server runs in a separate process (its CPU is not counted); makespan is measured there,
+from the first submit received to the last download served. The command's CPU and peak RSS come
+from `wait4`; a dry run of the same project gives the start-up + planning cost, subtracted for the
+run-phase CPU. A `sitecustomize` probe in the children (only under this bench) reads
+`/proc/self/io`, counts clip re-hashes (`aivp_batch.media.sha256_file`) and samples the event
+loop's lag.
 
-    .venv/bin/python bench/fal_bench.py [--jobs 300 --in-flight 50 --latency 2 --baseline-jobs 20 --big-mb 20]
+    .venv/bin/python bench/fal_bench.py            # --jobs 3000 --in-flight 200 --latency 2 …
+    .venv/bin/python bench/fal_bench.py --quick    # a smoke run (200 jobs / 50 in flight, …)
 
-Prints a markdown results table and writes it, with the machine and the command, to
-`bench/results.md` (`--out`).
+Prints a markdown report and writes it, with the machine and the command, to `bench/results.md`
+(`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import math
 import multiprocessing as mp
 import os
+import pty
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,10 +62,46 @@ REPO = BENCH.parent
 SCHEMAS = SNAPSHOT_DIR  # the bundled snapshot
 TEMPLATE = REPO / "examples" / "short-film" / "storyboard" / "storyboard-final" / "shots" / "shot-03.md"
 KEY = "bench-key-0000"  # the fake server's key; not a secret
+MODEL = "seedance_v15"  # its payload takes a seed: each sweep member's jobs are distinct
 QUEUE_KINDS = ("submit", "status", "stream", "result", "cancel")
-ALL_KINDS = (*QUEUE_KINDS, "download", "token", "upload", "schema")
 SPEC_POLL_S = 3.0
 CLIP_DURATION_S = 5
+TTY_ENV = {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+GiB = 1024**3
+
+# The issue's targets.
+MAKESPAN_X = 1.3  # cases 1 and 5: makespan ≤ 1.3 × ideal
+BIG_MAKESPAN_X = 2.0  # case 4
+CPU_MS = 12.0  # client CPU per clip in the run phase
+RSS_MB = 200.0
+TTY_X = 1.10  # case 2: makespan and CPU within 10% of case 1
+QUEUE_CALLS = 3  # per clip, plus one download
+# Case 4: the event loop's lag while clips are written, 99th percentile of the 50 ms samples. A write
+# or fsync on the loop would stall it for every clip (many samples); one OS preemption on a busy
+# machine is a single sample, shown as the max.
+LOOP_LAG_P99_MS = 50.0
+MAX_OTHER_READS_X = 0.5  # case 4: file reads besides byte copies, × bytes downloaded (a re-read: ≥ 1)
+
+DEFAULTS = {
+    "jobs": 3000,
+    "in_flight": 200,
+    "big_jobs": 300,
+    "big_mb": 20.0,
+    "big_in_flight": 50,
+    "sweep_jobs": 300,
+    "sweep_members": 4,
+    "baseline_jobs": 20,
+}
+QUICK = {
+    "jobs": 200,
+    "in_flight": 50,
+    "big_jobs": 30,
+    "big_mb": 5.0,
+    "big_in_flight": 10,
+    "sweep_jobs": 50,
+    "sweep_members": 4,
+    "baseline_jobs": 3,
+}
 
 
 # --------------------------------------------------------------------------- the fake server
@@ -85,10 +133,10 @@ def _server_main(conn: Any, schemas: str, latency: float, video_size: int | None
                 marks["last_download"] = max(marks["last_download"] or 0.0, now)
 
     handler._submit, handler._download = _submit, _download
-    clip_for(float(CLIP_DURATION_S), video_size)  # encode (and pad) the served clip up front
+    clip = clip_for(float(CLIP_DURATION_S), video_size)  # encode (and pad) the served clip up front
     fal = FakeFal(Path(schemas), key=KEY, latency_s=latency, video_size_bytes=video_size, port=0)
     with fal:
-        conn.send(fal.url)
+        conn.send((fal.url, clip.stat().st_size))
         while True:
             cmd = conn.recv()
             if cmd == "reset":
@@ -106,6 +154,7 @@ def _server_main(conn: Any, schemas: str, latency: float, video_size: int | None
                     }
                 with lock:
                     first, last = marks["first_submit"], marks["last_download"]
+                stats.update(first_submit=first, last_download=last)
                 stats["span_s"] = None if first is None or last is None else last - first
                 conn.send(stats)
             else:
@@ -123,7 +172,7 @@ class Server:
         self.proc.start()
         if not self.conn.poll(120):
             raise RuntimeError("the fake fal server did not start")
-        self.url: str = self.conn.recv()
+        self.url, self.clip_bytes = self.conn.recv()
 
     def reset(self) -> None:
         self.conn.send("reset")
@@ -161,9 +210,147 @@ def make_project(root: Path, n: int) -> Path:
     )
     shots = root / "storyboard" / "storyboard-final" / "shots"
     shots.mkdir(parents=True)
+    width = max(3, len(str(n)))
     for i in range(1, n + 1):
-        (shots / f"shot-{i:03d}.md").write_text(text.replace("{i}", str(i)), encoding="utf-8")
+        (shots / f"shot-{i:0{width}d}.md").write_text(text.replace("{i}", str(i)), encoding="utf-8")
     return root
+
+
+# --------------------------------------------------------------------------- the children's probe
+
+# Loaded as `sitecustomize` by the bench's aivp-batch children only (PYTHONPATH), so the command is
+# the real `python -m aivp_batch`. It patches nothing that changes behaviour: it counts calls of
+# `aivp_batch.media.sha256_file` (a clip read again to hash it), samples the event loop's lag from
+# a thread (one `call_soon_threadsafe` outstanding at a time, every 50 ms) and, at exit, writes
+# those and `/proc/self/io` to $AIVP_BENCH_PROBE.
+PROBE = r"""
+import os
+
+_OUT = os.environ.get("AIVP_BENCH_PROBE")
+if _OUT:
+    import atexit
+    import importlib.abc
+    import importlib.machinery
+    import json
+    import sys
+    import threading
+    import time
+
+    _lock = threading.Lock()
+    _rehash = {"calls": 0, "bytes": 0}
+    _copies = {"calls": 0, "bytes": 0}  # shutil.copyfile: a byte copy (where no reflink) reads the file
+    _lags = []  # (monotonic when scheduled, seconds until the loop ran it)
+    _loops = []
+    _started = []
+
+    def _sample():
+        ran = []
+        while True:
+            time.sleep(0.05)
+            loop = _loops[-1] if _loops else None
+            if loop is None or not loop.is_running():
+                continue
+            done = threading.Event()
+            t0 = time.monotonic()
+            try:
+                loop.call_soon_threadsafe(lambda: (ran.append(time.monotonic()), done.set()))
+            except RuntimeError:  # closed meanwhile
+                continue
+            while not done.wait(0.5):
+                if not loop.is_running():
+                    break
+            if done.is_set():
+                _lags.append((t0, ran.pop() - t0))
+
+    def _patch_asyncio(mod):
+        run_forever = mod.BaseEventLoop.run_forever
+
+        def patched(self):
+            _loops.append(self)
+            if not _started:
+                _started.append(threading.Thread(target=_sample, name="bench-loop-lag", daemon=True))
+                _started[0].start()
+            try:
+                return run_forever(self)
+            finally:
+                _loops.remove(self)
+
+        mod.BaseEventLoop.run_forever = patched
+
+    def _patch_media(mod):
+        sha256_file = mod.sha256_file
+
+        def patched(path, *args, **kwargs):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            with _lock:
+                _rehash["calls"] += 1
+                _rehash["bytes"] += size
+            return sha256_file(path, *args, **kwargs)
+
+        mod.sha256_file = patched
+
+    def _patch_shutil(mod):
+        copyfile = mod.copyfile
+
+        def patched(src, dst, *args, **kwargs):
+            out = copyfile(src, dst, *args, **kwargs)
+            try:
+                size = os.stat(dst).st_size
+            except OSError:
+                size = 0
+            with _lock:
+                _copies["calls"] += 1
+                _copies["bytes"] += size
+            return out
+
+        mod.copyfile = patched
+
+    _PATCHES = {
+        "asyncio.base_events": _patch_asyncio,
+        "aivp_batch.media": _patch_media,
+        "shutil": _patch_shutil,
+    }
+
+    class _AfterImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            patch = _PATCHES.pop(name, None)
+            if patch is None:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return None
+            exec_module = spec.loader.exec_module
+
+            def patched(module):
+                exec_module(module)
+                patch(module)
+
+            spec.loader.exec_module = patched
+            return spec
+
+    for _name in [n for n in _PATCHES if n in sys.modules]:
+        _PATCHES.pop(_name)(sys.modules[_name])
+    sys.meta_path.insert(0, _AfterImport())
+
+    def _dump():
+        io = {}
+        try:
+            with open("/proc/self/io") as fh:
+                for line in fh:
+                    k, _, v = line.partition(":")
+                    io[k.strip()] = int(v)
+        except (OSError, ValueError):
+            pass
+        with _lock:
+            data = {"io": io, "rehash": dict(_rehash), "copies": dict(_copies), "lags": list(_lags)}
+        with open(_OUT, "w") as fh:
+            json.dump(data, fh)
+
+    atexit.register(_dump)
+"""
 
 
 # --------------------------------------------------------------------------- aivp-batch
@@ -178,55 +365,133 @@ class CliRun:
     stdout: str
     stderr: str
     run_dir: Path
+    out_bytes: int = 0  # what the child wrote to its stdout (the terminal, under a pty)
     summary: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
+
+
+def _drain(fd: int, path: Path, counter: list[int]) -> None:
+    """Read `fd` (a pipe or a pty master) to its end into `path`, so the child never blocks."""
+    with path.open("wb") as f:
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # EIO: the pty's slave side is closed
+                break
+            if not data:
+                break
+            counter[0] += len(data)
+            f.write(data)
+    os.close(fd)
 
 
 def run_cli(
-    project: Path, url: str, run_dir: Path, cache: Path, *extra: str, profile: Path | None = None
+    project: Path,
+    url: str,
+    run_dir: Path,
+    cache: Path,
+    *extra: str,
+    jobs: int,
+    tty: bool = False,
+    multirun: bool = False,
+    profile: Path | None = None,
+    timeout_s: float = 3600,
 ) -> CliRun:
-    """`python -m aivp_batch …` as a child; CPU and peak RSS of that child alone (wait4)."""
+    """`python -m aivp_batch …` as a child, stdout a pipe (or a pty: `tty`); CPU and peak RSS of that
+    child alone (wait4). `multirun`: `-m`, the run dir is the sweep dir."""
     overrides = [
+        *(["-m"] if multirun else []),
         f"project_dir={project}",
         f"provider.queue_url={url}",
         f"provider.rest_url={url}",
         f"provider.cdn_url={url}",
         f"provider.schema_url={url}",
         f"provider.api_url={url}",
-        "budget_usd=1000",
+        f"budget_usd={max(1000, 2 * jobs)}",  # ≥ $2 a clip: never the limit here
         f"schema_cache_dir={cache}",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.{'sweep' if multirun else 'run'}.dir={run_dir}",
         *extra,
     ]
     prefix = [sys.executable, "-c", _PROFILE.format(str(profile))] if profile else [sys.executable, "-m"]
-    env = {
-        **os.environ,
-        "FAL_KEY": KEY,
-        "HOME": str(cache.parent),  # no ~/.env or user cache gets involved
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-    }
-    out_path, err_path = run_dir.with_suffix(".out"), run_dir.with_suffix(".err")
+    probe_dir = cache.parent / "probe"
+    if not (probe_dir / "sitecustomize.py").is_file():
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        (probe_dir / "sitecustomize.py").write_text(PROBE, encoding="utf-8")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w") as out, err_path.open("w") as err:
+    out_path, err_path = run_dir.with_suffix(".out"), run_dir.with_suffix(".err")
+    probe_path = run_dir.with_suffix(".probe.json")
+    probe_path.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIVP_") and k not in TTY_ENV}
+    env.update(
+        FAL_KEY=KEY,
+        HOME=str(cache.parent),  # no ~/.env or user cache gets involved
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        AIVP_BENCH_PROBE=str(probe_path),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(probe_dir), os.environ.get("PYTHONPATH")])),
+    )
+    if tty:
+        env.update(TTY_ENV)
+        read_fd, write_fd = pty.openpty()
+        rows, cols = int(TTY_ENV["LINES"]), int(TTY_ENV["COLUMNS"])
+        fcntl.ioctl(write_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    else:
+        read_fd, write_fd = os.pipe()
+    counter = [0]
+    with err_path.open("w") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [*prefix, "aivp_batch", *overrides], cwd=cache.parent, env=env, stdout=out, stderr=err
+            [*prefix, "aivp_batch", *overrides],
+            cwd=cache.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd if tty else err,
         )
+        os.close(write_fd)
+        drain = threading.Thread(target=_drain, args=(read_fd, out_path, counter), daemon=True)
+        drain.start()
+        watchdog = threading.Timer(timeout_s, proc.kill)
+        watchdog.start()
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        watchdog.cancel()
+        drain.join(30)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary_file = run_dir / ("sweep.json" if multirun else "summary.json")
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        summary = {}
+    try:
+        probe = json.loads(probe_path.read_text())
+    except (OSError, ValueError):
+        probe = {}
+    stdout = out_path.read_text(errors="replace") if not tty else _tail(out_path, 4000)
     return CliRun(
         code=proc.returncode,
         wall_s=wall,
         cpu_s=ru.ru_utime + ru.ru_stime,
         maxrss_mb=ru.ru_maxrss / 1024,
-        stdout=out_path.read_text(errors="replace"),
-        stderr=err_path.read_text(errors="replace"),
+        stdout=stdout,
+        stderr=_tail(err_path, 6000) if not tty else stdout,
         run_dir=run_dir,
+        out_bytes=counter[0],
         summary=summary,
+        probe=probe,
     )
+
+
+def _tail(path: Path, chars: int) -> str:
+    try:
+        return path.read_bytes()[-chars:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def check(run: CliRun, what: str) -> None:
+    if run.code != 0:
+        sys.exit(f"{what} failed (exit {run.code}):\n{run.stderr[-3000:]}")
 
 
 # cProfile with a CPU-time timer (its default timer is wall-clock, which counts idle waits).
@@ -254,6 +519,20 @@ def progress_span(stdout: str) -> tuple[float | None, float | None]:
             t, status = float(m.group(1)), m.group(3)
             (queued if status == "queued" else done if status == "done" else []).append(t)
     return (min(queued) if queued else None, max(done) if done else None)
+
+
+def loop_lag(run: CliRun, stats: dict[str, Any]) -> dict[str, float] | None:
+    """The event loop's lag (ms) sampled while the server saw the run: first submit → last download
+    (both processes read the same CLOCK_MONOTONIC)."""
+    first, last = stats.get("first_submit"), stats.get("last_download")
+    lags = run.probe.get("lags")
+    if first is None or last is None or lags is None:
+        return None
+    window = sorted(1000 * lag for t, lag in lags if first <= t <= last)
+    if not window:
+        return None
+    at = lambda q: window[min(len(window) - 1, int(q * len(window)))]  # noqa: E731
+    return {"n": len(window), "p50": at(0.5), "p99": at(0.99), "max": window[-1]}
 
 
 # --------------------------------------------------------------------------- the other clients
@@ -295,7 +574,7 @@ async def fal_client_jobs(url: str, jobs: list[tuple[str, dict]], in_flight: int
                 t0 = time.perf_counter()
                 handle = await client.submit(endpoint, payload)
                 result = await handle.get()
-                await _download(http, result["video"]["url"], dest / f"{i:03d}.mp4")
+                await _download(http, result["video"]["url"], dest / f"{i:04d}.mp4")
                 return t0, time.perf_counter()
 
         spans = await asyncio.gather(*(one(i, e, p) for i, (e, p) in enumerate(jobs)))
@@ -329,16 +608,497 @@ def spec_baseline(url: str, jobs: list[tuple[str, dict]], dest: Path) -> float:
     return time.perf_counter() - t0
 
 
-# --------------------------------------------------------------------------- reporting
+# --------------------------------------------------------------------------- rows
 
 
-def per_clip(calls: dict[str, int], n: int) -> dict[str, float]:
-    return {k: calls.get(k, 0) / n for k in ALL_KINDS}
+@dataclass
+class Row:
+    case: str
+    jobs: int
+    in_flight: int | None
+    stats: dict[str, Any]
+    ideal: float | None = None
+    cpu_ms: float | None = None  # client CPU per clip, run phase
+    rss_mb: float | None = None
+    target: str = ""
+    checks: list[tuple[str, bool]] | None = None  # None: a reference row, no target
+    makespan_cell: str | None = None  # instead of the server's span
+
+    @property
+    def makespan(self) -> float | None:
+        return self.stats.get("span_s")
+
+    @property
+    def calls(self) -> dict[str, int]:
+        return self.stats.get("calls", {})
+
+    def queue_per_clip(self) -> float:
+        return sum(self.calls.get(k, 0) for k in QUEUE_KINDS) / self.jobs
+
+    def downloads_per_clip(self) -> float:
+        return self.calls.get("download", 0) / self.jobs
+
+    def requests(self) -> int:
+        return sum(self.calls.values())
+
+    def calls_ok(self) -> bool:
+        return self.queue_per_clip() <= QUEUE_CALLS and self.downloads_per_clip() == 1
 
 
-def calls_cell(pc: dict[str, float]) -> str:
-    parts = [f"{k} {pc[k]:.3g}" for k in QUEUE_KINDS if pc[k]]
-    return " + ".join(parts) + f" = **{sum(pc[k] for k in QUEUE_KINDS):.3g}**"
+def calls_breakdown(calls: dict[str, int], n: int) -> str:
+    parts = [f"{k} {calls[k] / n:.3g}" for k in QUEUE_KINDS if calls.get(k)]
+    other = {k: v for k, v in calls.items() if k not in (*QUEUE_KINDS, "download")}
+    text = " + ".join(parts) or "none"
+    return text + (f"; other requests {other}" if other else "")
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+    )
+    p.add_argument("--jobs", type=int, help=f"cases 1-3 and 6 (default {DEFAULTS['jobs']})")
+    p.add_argument("--in-flight", type=int, help=f"provider.max_in_flight (default {DEFAULTS['in_flight']})")
+    p.add_argument("--latency", type=float, default=2.0, help="fake generation latency (s)")
+    p.add_argument("--big-jobs", type=int, help=f"case 4 (default {DEFAULTS['big_jobs']})")
+    p.add_argument(
+        "--big-mb", type=float, help=f"case 4's clip size (default {DEFAULTS['big_mb']:g}; 0: skip)"
+    )
+    p.add_argument("--big-in-flight", type=int, help=f"case 4 (default {DEFAULTS['big_in_flight']})")
+    p.add_argument("--sweep-jobs", type=int, help=f"case 5, per member (default {DEFAULTS['sweep_jobs']})")
+    p.add_argument(
+        "--sweep-members", type=int, help=f"case 5: seed=1..M (default {DEFAULTS['sweep_members']})"
+    )
+    p.add_argument(
+        "--baseline-jobs", type=int, help=f"sequential spec baseline (default {DEFAULTS['baseline_jobs']})"
+    )
+    p.add_argument("--poll-interval", type=float, default=2.0, help="aivp-batch provider.poll_interval")
+    for case in ("tty", "rerun", "big", "sweep", "fal-client", "baseline"):
+        p.add_argument(f"--skip-{case}", action="store_true")
+    p.add_argument("--profile", action="store_true", help="also run case 1 under cProfile (top functions)")
+    p.add_argument("--out", type=Path, default=BENCH / "results.md")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir and every case's project")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.big_mb <= 0:
+        args.skip_big = True
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="fal-bench-"))
+        self.cache = self.tmp / "home" / "schemas"
+        self.cache.mkdir(parents=True)
+        self.rows: dict[str, Row] = {}
+        self.details: list[str] = []
+        self.notes: list[str] = []
+        self.extra = [f"provider.poll_interval={args.poll_interval}", f"model={MODEL}"]
+
+    def ideal(self, jobs: int, in_flight: int) -> float:
+        return math.ceil(jobs / in_flight) * self.args.latency
+
+    def timeout(self, ideal: float) -> float:
+        return 600 + 20 * ideal
+
+    def clean(self, *paths: Path) -> None:
+        if not self.args.keep:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def cli(self, case: Path, name: str, project: Path, url: str, *extra: str, **kw: Any) -> CliRun:
+        return run_cli(project, url, case / "runs" / name, self.cache, *self.extra, *extra, **kw)
+
+    # -- cases 1-3 (and the profile) --------------------------------------------------------------
+    def plain_tty_rerun(self, server: Server) -> list[tuple[str, dict]]:
+        a, n, k = self.args, self.args.jobs, self.args.in_flight
+        ideal, inflight = self.ideal(n, k), f"provider.max_in_flight={k}"
+        case = self.tmp / "case1"
+        project = make_project(case / "film", n)
+        self.cli(case, "dry-warm", project, server.url, "dry_run=true", inflight, jobs=n)  # schema cache
+        dry = self.cli(case, "dry", project, server.url, "dry_run=true", inflight, jobs=n)
+        check(dry, "dry run")
+        planned = (dry.summary.get("plan") or {}).get("jobs") or []
+        jobs = [(j["endpoint"], j["payload"]) for j in planned]
+        if len(jobs) != n:
+            sys.exit(f"the dry run planned {len(jobs)} jobs, not {n}")
+        print(f"dry run ({n} shots): {dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB")
+
+        server.reset()
+        real = self.cli(case, "real", project, server.url, inflight, jobs=n, timeout_s=self.timeout(ideal))
+        st = server.stats()
+        check(real, "case 1 (plain output)")
+        cpu = 1000 * (real.cpu_s - dry.cpu_s) / n
+        row = Row("1. aivp-batch, plain output (stdout a pipe)", n, k, st, ideal, cpu, real.maxrss_mb)
+        mk = ratio(row.makespan, ideal)
+        row.target = (
+            f"≤ {MAKESPAN_X:g} × ideal; ≤ {CPU_MS:g} ms/clip; ≤ {RSS_MB:g} MB; "
+            f"≤ {QUEUE_CALLS} queue calls + 1 download"
+        )
+        row.checks = [
+            ("makespan", mk is not None and mk <= MAKESPAN_X),
+            ("CPU", cpu <= CPU_MS),
+            ("RSS", real.maxrss_mb <= RSS_MB),
+            ("calls", row.calls_ok()),
+        ]
+        self.rows["plain"] = row
+        first_q, last_done = progress_span(real.stdout)
+        lag = loop_lag(real, st)
+        self.details.append(
+            f"case 1: wall {real.wall_s:.2f} s (start-up, planning, run, records), CPU {real.cpu_s:.2f} s "
+            f"({1000 * real.cpu_s / n:.1f} ms/clip with start-up); dry run of the same {n}-shot project "
+            f"{dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB; "
+            f"makespan by its own progress lines {fmt(_span(first_q, last_done))} s; "
+            f"calls/clip: {calls_breakdown(st['calls'], n)}; duplicate submits {st['duplicate_submits']}, "
+            f"max open SSE streams {st['max_open_streams']}; {_lag_text(lag)}"
+        )
+        print(
+            f"case 1: span {fmt(row.makespan)} s (ideal {ideal:g}), wall {real.wall_s:.2f} s, "
+            f"run-phase CPU {cpu:.2f} ms/clip, RSS {real.maxrss_mb:.0f} MB, calls {st['calls']}",
+            flush=True,
+        )
+
+        if not a.skip_rerun:
+            server.reset()
+            rerun = self.cli(
+                case, "rerun", project, server.url, inflight, jobs=n, timeout_s=self.timeout(ideal)
+            )
+            st3 = server.stats()
+            check(rerun, "case 3 (rerun)")
+            done = rerun.summary.get("done")
+            r3 = Row(
+                "3. rerun of case 1's finished project",
+                n,
+                k,
+                st3,
+                None,
+                1000 * (rerun.cpu_s - dry.cpu_s) / n,
+                rerun.maxrss_mb,
+                makespan_cell=f"— (wall {rerun.wall_s:.2f})",
+            )
+            r3.target = f"0 requests of any kind (got {r3.requests()}); every clip done ({done}/{n})"
+            r3.checks = [("requests", r3.requests() == 0), ("done", done == n)]
+            self.rows["rerun"] = r3
+            rh = rerun.probe.get("rehash") or {}
+            self.details.append(
+                f"case 3: wall {rerun.wall_s:.2f} s, CPU {rerun.cpu_s:.2f} s "
+                f"({1000 * rerun.cpu_s / n:.2f} ms/clip with start-up; the table's figure is minus case 1's "
+                f"dry run); requests {st3['calls'] or 'none'}; clips re-hashed {rh.get('calls', '?')} "
+                f"({rh.get('bytes', 0) / 1024**2:.1f} MB)"
+            )
+            print(f"case 3 (rerun): wall {rerun.wall_s:.2f} s, requests {st3['calls']}", flush=True)
+        self.clean(case)
+
+        if not a.skip_tty:
+            case = self.tmp / "case2"
+            project = make_project(case / "film", n)
+            dry2 = self.cli(case, "dry", project, server.url, "dry_run=true", inflight, jobs=n, tty=True)
+            check(dry2, "dry run in a terminal")
+            server.reset()
+            tty = self.cli(
+                case, "real", project, server.url, inflight, jobs=n, tty=True, timeout_s=self.timeout(ideal)
+            )
+            st2 = server.stats()
+            check(tty, "case 2 (terminal)")
+            cpu2 = 1000 * (tty.cpu_s - dry2.cpu_s) / n
+            live = "\x1b[" in tty.stdout  # rich's cursor moves: the Live view ran
+            r2 = Row(
+                "2. aivp-batch in a terminal (pty: rich Live view)", n, k, st2, ideal, cpu2, tty.maxrss_mb
+            )
+            mk_x, cpu_x = ratio(r2.makespan, row.makespan), ratio(cpu2, cpu)
+            r2.target = (
+                f"makespan and CPU/clip ≤ {TTY_X:g} × case 1's: makespan ×{fmt(mk_x, '.3f')}, "
+                f"CPU ×{fmt(cpu_x, '.3f')}; "
+                f"≤ {QUEUE_CALLS} queue calls + 1 download"
+            )
+            r2.checks = [
+                ("makespan", mk_x is not None and mk_x <= TTY_X),
+                ("CPU", cpu_x is not None and cpu_x <= TTY_X),
+                ("calls", r2.calls_ok()),
+                ("live view", live),  # else the child did not see a terminal: nothing was compared
+            ]
+            self.rows["tty"] = r2
+            self.details.append(
+                f"case 2: wall {tty.wall_s:.2f} s, CPU {tty.cpu_s:.2f} s; dry run in the terminal "
+                f"{dry2.cpu_s:.2f} s CPU; rich Live view {'drawn' if live else 'NOT drawn'}, "
+                f"{tty.out_bytes / 1024:.0f} KiB written to the terminal "
+                f"({tty.out_bytes / max(tty.wall_s, 1e-9) / 1024:.1f} KiB/s); {_lag_text(loop_lag(tty, st2))}"
+            )
+            print(
+                f"case 2 (tty): span {fmt(r2.makespan)} s (×{fmt(mk_x, '.3f')}), "
+                f"run-phase CPU {cpu2:.2f} ms/clip "
+                f"(×{fmt(cpu_x, '.3f')}), {tty.out_bytes / 1024:.0f} KiB to the terminal",
+                flush=True,
+            )
+            self.clean(case)
+
+        if a.profile:
+            case = self.tmp / "profile"
+            project = make_project(case / "film", n)
+            prof = case / "ours.prof"
+            server.reset()
+            profiled = self.cli(
+                case,
+                "prof",
+                project,
+                server.url,
+                inflight,
+                jobs=n,
+                profile=prof,
+                timeout_s=self.timeout(ideal),
+            )
+            check(profiled, "the profiled run")
+            import pstats
+
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
+            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(40)
+            self.clean(case)
+        return jobs
+
+    # -- case 5 ---------------------------------------------------------------------------------
+    def sweep(self, server: Server) -> None:
+        a, k = self.args, self.args.in_flight
+        m, per = a.sweep_members, a.sweep_jobs
+        n = m * per
+        ideal = m * self.ideal(per, k)
+        seeds = "seed=" + ",".join(str(i) for i in range(1, m + 1))
+        case = self.tmp / "case5"
+        project = make_project(case / "film", per)
+        args = (seeds, f"provider.max_in_flight={k}")
+        dry = self.cli(case, "dry", project, server.url, *args, "dry_run=true", jobs=n, multirun=True)
+        check(dry, "sweep dry run")
+        server.reset()
+        run = self.cli(
+            case, "real", project, server.url, *args, jobs=n, multirun=True, timeout_s=self.timeout(ideal)
+        )
+        st = server.stats()
+        check(run, "case 5 (sweep)")
+        members = run.summary.get("members") or []
+        done = sum(mm.get("done") or 0 for mm in members)
+        cpu = 1000 * (run.cpu_s - dry.cpu_s) / n
+        row = Row(
+            f"5. sweep `-m {seeds}` (aivp sweeper), {m} members × {per} jobs",
+            n,
+            k,
+            st,
+            ideal,
+            cpu,
+            run.maxrss_mb,
+        )
+        mk = ratio(row.makespan, ideal)
+        row.target = (
+            f"as case 1: ≤ {MAKESPAN_X:g} × ideal (members one after another); ≤ {CPU_MS:g} ms/clip; "
+            f"≤ {RSS_MB:g} MB; ≤ {QUEUE_CALLS} + 1; {done}/{n} clips done"
+        )
+        row.checks = [
+            ("makespan", mk is not None and mk <= MAKESPAN_X),
+            ("CPU", cpu <= CPU_MS),
+            ("RSS", run.maxrss_mb <= RSS_MB),
+            ("calls", row.calls_ok()),
+            ("done", done == n and len(members) == m),
+        ]
+        self.rows["sweep"] = row
+        self.details.append(
+            f"case 5: ideal = {m} × ⌈{per} ÷ {k}⌉ × {a.latency:g} s; wall {run.wall_s:.2f} s, CPU "
+            f"{run.cpu_s:.2f} s; dry run of the sweep (start-up + planning all members) "
+            f"{dry.cpu_s:.2f} s CPU; "
+            f"calls/clip: {calls_breakdown(st['calls'], n)}; duplicate submits {st['duplicate_submits']}; "
+            f"{_lag_text(loop_lag(run, st))}"
+        )
+        print(
+            f"case 5 (sweep): span {fmt(row.makespan)} s (ideal {ideal:g}), run-phase CPU {cpu:.2f} ms/clip, "
+            f"RSS {run.maxrss_mb:.0f} MB, {done}/{n} done",
+            flush=True,
+        )
+        self.clean(case)
+
+    # -- case 6 and the spec baseline -------------------------------------------------------------
+    def fal_client(self, server: Server, jobs: list[tuple[str, dict]]) -> None:
+        n, k = len(jobs), self.args.in_flight
+        try:
+            version = patch_fal_client(server.url)
+        except ImportError:
+            self.notes.append(
+                'fal-client not installed (case 6 skipped): `.venv/bin/pip install -e ".[bench]"`'
+            )
+            return
+        server.reset()
+        dest = self.tmp / "case6"
+        c0 = time.process_time()
+        asyncio.run(fal_client_jobs(server.url, jobs, k, dest))
+        cpu = 1000 * (time.process_time() - c0) / n
+        st = server.stats()
+        ideal = self.ideal(n, k)
+        row = Row(f"6. fal-client {version} AsyncClient on case 1's jobs (reference)", n, k, st, ideal, cpu)
+        ours = self.rows.get("plain")
+        mk_x = ratio(row.makespan, ours.makespan if ours else None)
+        cpu_x = ratio(cpu, ours.cpu_ms if ours else None)
+        row.target = (
+            f"vs case 1: makespan ×{fmt(mk_x, '.2f')}, CPU/clip ×{fmt(cpu_x, '.2f')} "
+            "(in process, no start-up)"
+        )
+        self.rows["fal-client"] = row
+        self.details.append(f"case 6: calls/clip: {calls_breakdown(st['calls'], n)}")
+        print(
+            f"case 6 (fal-client): span {fmt(row.makespan)} s, CPU {cpu:.2f} ms/clip, calls {st['calls']}",
+            flush=True,
+        )
+        self.clean(dest)
+
+    def baseline(self, server: Server, jobs: list[tuple[str, dict]]) -> None:
+        n = len(jobs)
+        m = min(self.args.baseline_jobs, n)
+        if m <= 0:
+            return
+        server.reset()
+        dest = self.tmp / "baseline"
+        c0 = time.process_time()
+        spec_baseline(server.url, jobs[:m], dest)
+        cpu = 1000 * (time.process_time() - c0) / m
+        st = server.stats()
+        row = Row(
+            f"spec baseline: sequential, status poll every {SPEC_POLL_S:g} s (reference)",
+            m,
+            1,
+            st,
+            m * self.args.latency,
+            cpu,
+        )
+        extrap = None if row.makespan is None else row.makespan / m * n
+        x = ratio(extrap, self.ideal(n, self.args.in_flight))
+        row.target = f"→ {fmt(extrap, '.0f')} s for {n} jobs (linear), ×{fmt(x, '.0f')} case 1's ideal"
+        self.rows["baseline"] = row
+        print(f"spec baseline: {m} jobs in {fmt(row.makespan)} s", flush=True)
+        self.clean(dest)
+
+    # -- case 4 ---------------------------------------------------------------------------------
+    def big(self) -> None:
+        a, k = self.args, self.args.big_in_flight
+        size = int(a.big_mb * 1024 * 1024)
+        n = a.big_jobs
+        # Each clip lands in the store and is copied to video/clips (a reflink where the file system
+        # shares extents, else bytes): up to 2 × jobs × size, plus the server's padded clip.
+        per_job, spare = 2.1 * size, size + 1 * GiB
+        free = shutil.disk_usage(self.tmp).free
+        if free < n * per_job + spare:
+            fit = int((free - spare) // per_job)
+            if fit < 1:
+                self.notes.append(f"case 4 skipped: {free / GiB:.1f} GiB free in {self.tmp.parent}")
+                print(self.notes[-1])
+                return
+            note = (
+                f"case 4 scaled down from {n} to {fit} clips: {free / GiB:.1f} GiB free, "
+                f"{n} × {a.big_mb:g} MB needs {(n * per_job + spare) / GiB:.1f} GiB"
+            )
+            print(f"note: {note}", flush=True)
+            self.notes.append(note)
+            n = fit
+        ideal = self.ideal(n, k)
+        server = Server(a.latency, video_size=size)
+        case = self.tmp / "case4"
+        try:
+            project = make_project(case / "film", n)
+            inflight = f"provider.max_in_flight={k}"
+            dry = self.cli(case, "dry", project, server.url, "dry_run=true", inflight, jobs=n)
+            check(dry, "big-clip dry run")
+            server.reset()
+            run = self.cli(case, "real", project, server.url, inflight, jobs=n, timeout_s=self.timeout(ideal))
+            st = server.stats()
+            check(run, "case 4 (big clips)")
+        finally:
+            server.stop()
+            self.clean(case)
+        cpu = 1000 * (run.cpu_s - dry.cpu_s) / n
+        row = Row(f"4. big clips, {a.big_mb:g} MB each", n, k, st, ideal, cpu, run.maxrss_mb)
+        mk = ratio(row.makespan, ideal)
+        rh = run.probe.get("rehash")
+        lag = loop_lag(run, st)
+        downloaded = st["calls"].get("download", 0) * server.clip_bytes
+        io_run, io_dry = (run.probe.get("io") or {}), (dry.probe.get("io") or {})
+        reads = io_run.get("rchar", 0) - io_dry.get("rchar", 0) if io_run and io_dry else None
+        copied = (run.probe.get("copies") or {}).get("bytes", 0)
+        other = None if reads is None else reads - copied  # the clips read for anything but a copy
+        other_x = ratio(other, downloaded)
+        row.target = (
+            f"≤ {BIG_MAKESPAN_X:g} × ideal; ≤ {RSS_MB:g} MB; hashed while downloading: clips re-hashed "
+            f"{rh['calls'] if rh else '?'} (0), reads besides copies {fmt(other_x, '.2f')} × downloaded "
+            f"(< {MAX_OTHER_READS_X:g}); event loop lag while writing p99 ≤ {LOOP_LAG_P99_MS:g} ms "
+            f"(p99 {fmt(lag and lag['p99'], '.0f')}, max {fmt(lag and lag['max'], '.0f')} ms); "
+            f"≤ {QUEUE_CALLS} + 1"
+        )
+        row.checks = [
+            ("makespan", mk is not None and mk <= BIG_MAKESPAN_X),
+            ("RSS", run.maxrss_mb <= RSS_MB),
+            (
+                "hash",
+                rh is not None and rh["calls"] == 0 and other_x is not None and other_x < MAX_OTHER_READS_X,
+            ),
+            ("loop", lag is not None and lag["p99"] <= LOOP_LAG_P99_MS),
+            ("calls", row.calls_ok()),
+        ]
+        self.rows["big"] = row
+        self.details.append(
+            f"case 4: {n} × {server.clip_bytes / 1024**2:.1f} MB = {downloaded / GiB:.2f} GiB downloaded, "
+            f"verified and hashed; wall {run.wall_s:.2f} s, CPU {run.cpu_s:.2f} s; "
+            f"file reads in the run phase (`/proc/self/io` rchar, minus the dry run's) "
+            f"{fmt(reads and reads / 1024**2, '.0f')} MiB = {fmt(ratio(reads, downloaded), '.2f')} × "
+            f"the bytes downloaded, of which byte copies (`shutil.copyfile`: the copy to video/clips where "
+            f"the file system has no reflink) {copied / 1024**2:.0f} MiB, the rest (the verify's demux; "
+            f"a re-hash would add 1.0) {fmt(other_x, '.3f')} ×; {_lag_text(lag)}"
+        )
+        print(
+            f"case 4 (big): span {fmt(row.makespan)} s (ideal {ideal:g}), RSS {run.maxrss_mb:.0f} MB, "
+            f"re-hashed {rh['calls'] if rh else '?'}, {_lag_text(lag)}",
+            flush=True,
+        )
+
+    def run(self) -> None:
+        a = self.args
+        print(
+            f"temp dir {self.tmp}; {a.jobs} jobs, {a.in_flight} in flight, {a.latency:g} s latency, "
+            f"ideal makespan {self.ideal(a.jobs, a.in_flight):g} s" + (" (--quick)" if a.quick else ""),
+            flush=True,
+        )
+        server = Server(a.latency)
+        try:
+            jobs = self.plain_tty_rerun(server)
+            if not a.skip_sweep:
+                self.sweep(server)
+            if not a.skip_fal_client:
+                self.fal_client(server, jobs)
+            if not a.skip_baseline:
+                self.baseline(server, jobs)
+        finally:
+            server.stop()
+        if not a.skip_big:
+            self.big()
+
+
+def _span(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def _lag_text(lag: dict[str, float] | None) -> str:
+    if lag is None:
+        return "event loop lag: not sampled"
+    return (
+        f"event loop lag over the makespan ({lag['n']} samples): p50 {lag['p50']:.1f} ms, "
+        f"p99 {lag['p99']:.1f} ms, max {lag['max']:.1f} ms"
+    )
 
 
 def machine() -> str:
@@ -356,354 +1116,114 @@ def machine() -> str:
     )
 
 
-def fmt(x: float | None, spec: str = ".2f") -> str:
-    return "—" if x is None else format(x, spec)
+ORDER = ("plain", "tty", "rerun", "big", "sweep", "fal-client", "baseline")
 
 
-# --------------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--jobs", type=int, default=300)
-    p.add_argument("--in-flight", type=int, default=50)
-    p.add_argument("--latency", type=float, default=2.0, help="fake generation latency (s)")
-    p.add_argument("--baseline-jobs", type=int, default=20, help="jobs for the sequential spec baseline")
-    p.add_argument("--big-mb", type=float, default=20, help="served clip size for the RSS pass (0: skip)")
-    p.add_argument("--poll-interval", type=float, default=2.0, help="aivp-batch provider.poll_interval")
-    p.add_argument("--skip-fal-client", action="store_true")
-    p.add_argument("--skip-baseline", action="store_true")
-    p.add_argument("--profile", action="store_true", help="also run aivp-batch under cProfile (top 30)")
-    p.add_argument("--out", type=Path, default=BENCH / "results.md")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir")
-    args = p.parse_args(argv)
-
-    n, k, lat = args.jobs, args.in_flight, args.latency
-    ideal = math.ceil(n / k) * lat
-    args.load_before = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="fal-bench-"))
-    cache = tmp / "home" / "schemas"
-    cache.mkdir(parents=True)
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
-    ours: dict[str, Any] = {}
-    print(
-        f"temp dir {tmp}; {n} jobs, {k} in flight, {lat:g} s latency, ideal makespan {ideal:g} s", flush=True
-    )
-    server = Server(lat)
-    try:
-        ours_extra = [f"provider.max_in_flight={k}", f"provider.poll_interval={args.poll_interval}"]
-        # -- start-up and planning cost: dry runs (first one warms the schema cache) --
-        project = make_project(tmp / "film", n)
-        run_cli(project, server.url, tmp / "runs" / "dry-warm", cache, "dry_run=true", *ours_extra)
-        dry = run_cli(project, server.url, tmp / "runs" / "dry", cache, "dry_run=true", *ours_extra)
-        if dry.code != 0:
-            sys.exit(f"dry run failed ({dry.code}):\n{dry.stderr[-3000:]}")
-        jobs = [(j["endpoint"], j["payload"]) for j in dry.summary["plan"]["jobs"]]
-        assert len(jobs) == n and len({json.dumps(pl, sort_keys=True) for _, pl in jobs}) == n
-        modes = {j["mode"] for j in dry.summary["plan"]["jobs"]}
-        print(
-            f"dry run: {dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB; modes {modes}"
-        )
-
-        # -- aivp-batch, small clips --
-        server.reset()
-        real = run_cli(project, server.url, tmp / "runs" / "real", cache, *ours_extra)
-        st = server.stats()
-        if real.code != 0:
-            sys.exit(f"aivp-batch run failed ({real.code}):\n{real.stderr[-3000:]}")
-        first_q, last_done = progress_span(real.stdout)
-        mk_client = None if first_q is None or last_done is None else last_done - first_q
-        run_cpu = real.cpu_s - dry.cpu_s
-        ours = {
-            "wall": real.wall_s,
-            "cpu": real.cpu_s,
-            "run_cpu": run_cpu,
-            "rss": real.maxrss_mb,
-            "dry_cpu": dry.cpu_s,
-            "dry_wall": dry.wall_s,
-            "dry_rss": dry.maxrss_mb,
-            "mk_client": mk_client,
-            "first_q": first_q,
-            "stats": st,
-        }
-        rows.append(
-            {
-                "name": f"aivp-batch (`max_in_flight={k}`, SSE stream)",
-                "jobs": n,
-                "makespan": st["span_s"],
-                "calls": per_clip(st["calls"], n),
-                "cpu": f"{1000 * real.cpu_s / n:.1f} total / **{1000 * run_cpu / n:.1f}** run phase",
-                "rss": f"{real.maxrss_mb:.0f}",
-                "dups": st["duplicate_submits"],
-            }
-        )
-        print(
-            f"aivp-batch: span {st['span_s']:.2f} s (progress lines: {fmt(mk_client)} s), wall "
-            f"{real.wall_s:.2f} s, "
-            f"CPU {real.cpu_s:.2f} s ({run_cpu:.2f} s minus dry run), RSS {real.maxrss_mb:.0f} MB, "
-            f"calls {st['calls']}",
-            flush=True,
-        )
-
-        if args.profile:
-            shutil.rmtree(project)
-            project = make_project(tmp / "film", n)
-            prof = tmp / "ours.prof"
-            server.reset()
-            run_cli(project, server.url, tmp / "runs" / "prof", cache, *ours_extra, profile=prof)
-            import pstats
-
-            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
-            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(40)
-        shutil.rmtree(project)
-
-        # -- fal-client --
-        if not args.skip_fal_client:
-            try:
-                version = patch_fal_client(server.url)
-            except ImportError:
-                notes.append('fal-client not installed: `.venv/bin/pip install -e ".[bench]"`')
-            else:
-                server.reset()
-                c0 = time.process_time()
-                asyncio.run(fal_client_jobs(server.url, jobs, k, tmp / "dl-fal-client"))
-                cpu = time.process_time() - c0
-                st = server.stats()
-                rows.append(
-                    {
-                        "name": (
-                            f"fal-client {version} AsyncClient (`submit` + `handle.get()`, Semaphore({k}))"
-                        ),
-                        "jobs": n,
-                        "makespan": st["span_s"],
-                        "calls": per_clip(st["calls"], n),
-                        "cpu": f"{1000 * cpu / n:.1f} (in process, no start-up)",
-                        "rss": "—",
-                        "dups": st["duplicate_submits"],
-                    }
-                )
-                print(
-                    f"fal-client: span {st['span_s']:.2f} s, CPU {cpu:.2f} s, calls {st['calls']}", flush=True
-                )
-                shutil.rmtree(tmp / "dl-fal-client")
-
-        # -- spec baseline --
-        if not args.skip_baseline and args.baseline_jobs > 0:
-            m = min(args.baseline_jobs, n)
-            server.reset()
-            c0 = time.process_time()
-            spec_baseline(server.url, jobs[:m], tmp / "dl-spec")
-            cpu = time.process_time() - c0
-            st = server.stats()
-            rows.append(
-                {
-                    "name": f"spec baseline (sequential, status poll every {SPEC_POLL_S:g} s), {m} jobs",
-                    "jobs": m,
-                    "makespan": st["span_s"],
-                    "extrapolated": st["span_s"] / m * n,
-                    "calls": per_clip(st["calls"], m),
-                    "cpu": f"{1000 * cpu / m:.1f} (in process, no start-up)",
-                    "rss": "—",
-                    "dups": st["duplicate_submits"],
-                }
-            )
-            print(f"spec baseline: {m} jobs in {st['span_s']:.2f} s, calls {st['calls']}", flush=True)
-            shutil.rmtree(tmp / "dl-spec")
-    finally:
-        server.stop()
-
-    # -- aivp-batch downloading big clips: peak RSS --
-    big: dict[str, Any] | None = None
-    if args.big_mb > 0:
-        size = int(args.big_mb * 1024 * 1024)
-        need = size * n * 1.2
-        free = shutil.disk_usage(tmp).free
-        if free < need + 2 * 1024**3:
-            notes.append(
-                f"big-clip pass skipped: {free / 1024**3:.1f} GiB free, need {need / 1024**3:.1f} GiB"
-            )
-        else:
-            server = Server(lat, video_size=size)
-            try:
-                project = make_project(tmp / "film-big", n)
-                run = run_cli(project, server.url, tmp / "runs" / "big", cache, *ours_extra)
-                st = server.stats()
-            finally:
-                server.stop()
-                shutil.rmtree(tmp / "film-big", ignore_errors=True)
-            if run.code != 0:
-                sys.exit(f"big-clip run failed ({run.code}):\n{run.stderr[-3000:]}")
-            big = {"run": run, "stats": st, "size": size}
-            rows.append(
-                {
-                    "name": f"aivp-batch, {args.big_mb:g} MB clips",
-                    "jobs": n,
-                    "makespan": st["span_s"],
-                    "calls": per_clip(st["calls"], n),
-                    "cpu": (
-                        f"{1000 * run.cpu_s / n:.1f} total / "
-                        f"**{1000 * (run.cpu_s - ours['dry_cpu']) / n:.1f}** run phase"
-                    ),
-                    "rss": f"**{run.maxrss_mb:.0f}**",
-                    "dups": st["duplicate_submits"],
-                }
-            )
-            print(
-                f"aivp-batch big: span {st['span_s']:.2f} s, wall {run.wall_s:.2f} s, CPU {run.cpu_s:.2f} s, "
-                f"RSS {run.maxrss_mb:.0f} MB, {n * size / 1024**3:.1f} GiB downloaded",
-                flush=True,
-            )
-
-    args.load_after = os.getloadavg()
-    report = render(args, argv, ideal, rows, ours, big, notes)
-    print("\n" + report)
-    args.out.write_text(report, encoding="utf-8")
-    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out.name}")
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
-
-
-def render(
-    args: Any,
-    argv: list[str] | None,
-    ideal: float,
-    rows: list[dict],
-    ours: dict,
-    big: dict | None,
-    notes: list[str],
-) -> str:
-    n, k, lat = args.jobs, args.in_flight, args.latency
-    cmd = (
-        "`.venv/bin/python bench/fal_bench.py "
-        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-        + "`"
+def render(bench: Bench, argv: list[str] | None, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
+    a = bench.args
+    cmd = " ".join(
+        ["bench/fal_bench.py", *(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))]
     )
     lines = [
         "# fal provider benchmark",
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine()}",
-        f"- load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in args.load_before)}, "
-        f"after: {' / '.join(f'{x:.2f}' for x in args.load_after)} (other work on the machine skews "
-        "makespan and CPU)",
-        f"- command: {cmd.replace('  ', ' ').replace(' `', '`')}",
-        f"- workload: {n} T2V jobs (seedance v1.5, {CLIP_DURATION_S} s clips), fake fal server with "
-        f"{lat:g} s generation latency, {k} in flight → ideal makespan {n} ÷ {k} × {lat:g} s = "
-        f"**{ideal:g} s**",
+        f"- load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load[0])}, after: "
+        f"{' / '.join(f'{x:.2f}' for x in load[1])} (other work on the machine skews makespan and CPU)",
+        f"- command: `.venv/bin/python {cmd.strip()}`"
+        + (" — a smoke run: the targets are sized for the default run" if a.quick else ""),
+        f"- workload: T2V jobs ({MODEL}, {CLIP_DURATION_S} s clips, a distinct prompt each), fake fal "
+        f"server with {a.latency:g} s generation latency; ideal makespan = ⌈jobs ÷ in flight⌉ × "
+        f"{a.latency:g} s",
         "",
-        "## Results",
-        "",
-        "| approach | jobs | makespan (s) | vs ideal | queue calls / clip | downloads / clip | "
-        "client CPU / clip (ms) | peak RSS (MB) |",
-        "|---|---:|---:|---:|---|---:|---|---:|",
+        "| case | jobs | in flight | makespan (s) | ideal (s) | makespan ÷ ideal | queue calls / clip | "
+        "downloads / clip | client CPU / clip, run phase (ms) | peak RSS (MB) | target | ✅/❌ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for r in rows:
-        mk = r["makespan"]
-        if "extrapolated" in r:
-            mk_cell = f"{mk:.1f} (→ {r['extrapolated']:.0f} for {n})"
-            vs = f"×{r['extrapolated'] / ideal:.0f} (extrap.)"
+    for key in ORDER:
+        r = bench.rows.get(key)
+        if r is None:
+            continue
+        if r.checks is None:
+            verdict = "—"
         else:
-            mk_cell, vs = fmt(mk), ("—" if mk is None else f"{100 * (mk / ideal - 1):+.1f}%")
+            failed = [name for name, good in r.checks if not good]
+            verdict = "✅" if not failed else "❌ " + ", ".join(failed)
         lines.append(
-            f"| {r['name']} | {r['jobs']} | {mk_cell} | {vs} | {calls_cell(r['calls'])} | "
-            f"{r['calls']['download']:g} | {r['cpu']} | {r['rss']} |"
+            "| "
+            + " | ".join(
+                [
+                    r.case,
+                    str(r.jobs),
+                    str(r.in_flight or "—"),
+                    r.makespan_cell or fmt(r.makespan),
+                    fmt(r.ideal, "g"),
+                    fmt(ratio(r.makespan, r.ideal), ".3f"),
+                    f"{r.queue_per_clip():.3g}",
+                    f"{r.downloads_per_clip():.3g}",
+                    fmt(r.cpu_ms),
+                    fmt(r.rss_mb, ".0f"),
+                    r.target,
+                    verdict,
+                ]
+            )
+            + " |"
         )
-    lines += [
-        "",
-        "Makespan: from the first submit the server received to the last byte of the last download it "
-        "served (measured in the server process, same clock for all approaches). Queue calls per clip "
-        "are the fake server's `stats.calls`: submit, status (polls), stream (SSE), result, cancel.",
-        "",
-    ]
-    if ours:
-        st = ours["stats"]
-        extra = {kk: v for kk, v in st["calls"].items() if kk not in (*QUEUE_KINDS, "download")}
-        lines += [
-            "## aivp-batch details",
-            "",
-            f"- total wall time of the command (Python + Hydra start-up, planning, validation, run, "
-            f"records): "
-            f"**{ours['wall']:.2f} s**; makespan by its own progress lines (first `queued` → last "
-            f"`done`, 0.1 s "
-            f"resolution): {fmt(ours['mk_client'])} s, first `queued` at "
-            f"{fmt(ours['first_q'], '.1f')} s after "
-            "the run phase began",
-            f"- dry run of the same {n}-shot project (start-up + read storyboard + plan + validate, no "
-            f"submit): {ours['dry_wall']:.2f} s wall, {ours['dry_cpu']:.2f} s CPU, peak RSS "
-            f"{ours['dry_rss']:.0f} MB",
-            f"- CPU of the command: {ours['cpu']:.2f} s = {1000 * ours['cpu'] / n:.1f} ms/clip "
-            f"including start-up; "
-            f"minus the dry run: {ours['run_cpu']:.2f} s = **{1000 * ours['run_cpu'] / n:.2f} ms/clip**",
-            f"- other calls in the run: {extra or 'none'}; duplicate submits: {st['duplicate_submits']}; "
-            f"max open SSE streams: {st['max_open_streams']}",
-        ]
-        if big:
-            run, bst = big["run"], big["stats"]
-            lines += [
-                f"- {big['size'] / 1024**2:g} MB clips: {n} × {big['size'] / 1024**2:g} MB = "
-                f"{n * big['size'] / 1024**3:.1f} GiB downloaded, verified and hashed; wall "
-                f"{run.wall_s:.2f} s, "
-                f"CPU {run.cpu_s:.2f} s, peak RSS **{run.maxrss_mb:.0f} MB** (small clips: "
-                f"{ours['rss']:.0f} MB, "
-                f"dry run: {ours['dry_rss']:.0f} MB); makespan {fmt(bst['span_s'])} s",
-            ]
-        lines.append("")
-        lines += targets(ours, big, ideal, n)
-    if notes:
-        lines += ["## Notes", "", *[f"- {x}" for x in notes], ""]
+    lines += ["", "## Details", "", *[f"- {d}" for d in bench.details], ""]
+    if bench.notes:
+        lines += ["## Notes", "", *[f"- {x}" for x in bench.notes], ""]
     lines += [
         "## Method",
         "",
-        "- The fake server (`aivp_batch.testing.fal_server.FakeFal`) runs in a separate process "
-        "(multiprocessing, spawn), so its CPU is not counted; all three clients talk to it over loopback.",
-        "- aivp-batch is the real command in a child process: `python -m aivp_batch project_dir=<tmp>/film "
-        "provider.queue_url=URL provider.rest_url=URL provider.cdn_url=URL provider.schema_url=URL "
-        f"provider.max_in_flight={k} provider.poll_interval={args.poll_interval:g} budget_usd=1000 "
-        "schema_cache_dir=<tmp> hydra.run.dir=<tmp>/run` with `FAL_KEY` set; its CPU (user + sys) and "
-        "peak RSS come from `os.wait4` of that child. The run-phase CPU subtracts a dry run of the same "
-        "project (same start-up, storyboard, planning and schema validation; schemas cached).",
-        f"- The project: {n} copies of `examples/short-film/.../shot-03.md` (T2V, no keyframe) with "
-        f"duration {CLIP_DURATION_S} s and a distinct prompt each.",
-        "- fal-client: `fal_client.AsyncClient(key=…)`; `submit` then `handle.get()` (its default status "
-        "poll interval, 0.1 s), under `asyncio.Semaphore(in_flight)`, then an httpx streaming download. "
-        "Pointed at the fake server by patching `fal_client.client.QUEUE_URL_FORMAT`, `RUN_URL_FORMAT`, "
-        "`REST_URL` and `CDN_URL` (status/result URLs come from the submit response). CPU is the bench "
-        "process's `time.process_time()` over the phase.",
+        "- Makespan: from the first submit the fake server received to the last byte of the last "
+        "download it served, measured in the server process (`aivp_batch.testing.fal_server.FakeFal`, "
+        "its own process, so its CPU is not counted). Queue calls and downloads per clip are its "
+        "`stats.calls` (queue: submit, status, stream, result, cancel), reset before each case.",
+        "- aivp-batch is the real command in a child: `python -m aivp_batch project_dir=<tmp>/film "
+        "provider.{queue,rest,cdn,schema,api}_url=URL provider.max_in_flight=K "
+        f"provider.poll_interval={a.poll_interval:g} model={MODEL} budget_usd=… schema_cache_dir=<tmp> "
+        "hydra.run.dir=<tmp>/run` (case 5: `-m … seed=1,2,…` with `hydra.sweep.dir`), `FAL_KEY` set. "
+        "Its CPU (user + sys) and peak RSS come from `os.wait4`; the run-phase CPU subtracts a dry run "
+        "of the same project (same start-up, storyboard, planning, validation; schemas cached), for a "
+        "sweep a dry run of the whole sweep.",
+        "- Output: case 1's stdout is a pipe drained by a thread; case 2's stdout and stderr are the "
+        f"slave of `pty.openpty()` ({TTY_ENV['COLUMNS']}×{TTY_ENV['LINES']}, TERM={TTY_ENV['TERM']}), "
+        "the master drained by a thread, so the child never blocks on its terminal.",
+        "- Probe: a `sitecustomize` on the children's PYTHONPATH (this bench only) counts calls of "
+        "`aivp_batch.media.sha256_file` (a clip read again to hash it), samples the asyncio loop's lag "
+        "every 50 ms from a thread (one `call_soon_threadsafe` outstanding; only samples within the "
+        "server's makespan window count, same CLOCK_MONOTONIC) and writes `/proc/self/io` at exit.",
+        "- fal-client: `fal_client.AsyncClient(key=…)`, `submit` then `handle.get()` (its default status "
+        "poll, 0.1 s) under `asyncio.Semaphore(K)`, then an httpx streaming download; pointed at the "
+        "fake server by patching `fal_client.client.QUEUE_URL_FORMAT`, `RUN_URL_FORMAT`, `REST_URL` and "
+        "`CDN_URL`. Its CPU is the bench process's `time.process_time()` over the case (no start-up).",
         "- spec baseline: plain `httpx.Client`, one clip at a time: submit, sleep 3 s and GET the status "
-        "URL until COMPLETED, GET the result, stream the download. Run on fewer jobs; the figure for "
-        f"{n} jobs is a linear extrapolation (makespan ÷ jobs × {n}).",
+        "until COMPLETED, GET the result, stream the download; extrapolated linearly.",
+        "- Disk: every case's project, store and clips are deleted once measured (unless `--keep`); case 4 "
+        "needs up to 2 × jobs × MB free (store + delivered copy) and is scaled down, with a note, if the "
+        "temp dir has less.",
         "",
     ]
     return "\n".join(lines)
 
 
-def targets(ours: dict, big: dict | None, ideal: float, n: int) -> list[str]:
-    st = ours["stats"]
-    q = sum(st["calls"].get(kk, 0) for kk in QUEUE_KINDS) / n
-    dl = st["calls"].get("download", 0) / n
-    span = st["span_s"]
-    ok = lambda b: "✅" if b else "❌"  # noqa: E731
-    out = [
-        "## Targets (aivp-batch)",
-        "",
-        "| target | measured | |",
-        "|---|---|---|",
-        f"| makespan within 5% of {ideal:g} s | {span:.2f} s ({100 * (span / ideal - 1):+.1f}%) | "
-        f"{ok(span <= 1.05 * ideal)} |",
-        f"| ≤ 3 queue calls per clip + 1 download | {q:g} + {dl:g} | {ok(q <= 3 and dl <= 1)} |",
-        f"| orchestrator CPU < 5 ms per clip (run phase) | {1000 * ours['run_cpu'] / n:.2f} ms "
-        f"({1000 * ours['cpu'] / n:.1f} ms with start-up) | {ok(1000 * ours['run_cpu'] / n < 5)} |",
-    ]
-    if big:
-        rss = big["run"].maxrss_mb
-        out.append(
-            f"| peak RSS < 200 MB with {big['size'] / 1024**2:g} MB clips | {rss:.0f} MB (small "
-            f"clips {ours['rss']:.0f} MB) "
-            f"| {ok(rss < 200)} |"
-        )
-    return [*out, ""]
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    load_before = os.getloadavg()
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        if not args.keep:
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+    report = render(bench, argv, (load_before, os.getloadavg()))
+    print("\n" + report)
+    args.out.write_text(report, encoding="utf-8")
+    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    if args.keep:
+        print(f"kept {bench.tmp}")
+    return 0
 
 
 if __name__ == "__main__":

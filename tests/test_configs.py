@@ -13,6 +13,13 @@ from aivp_batch.models import build_model_spec
 MODELS = sorted(p.stem for p in (REPO / "aivp_batch/conf/model").glob("*.yaml") if p.stem != "auto")
 TIERS = ["iteration", "standard", "hero"]
 PROVIDERS = ["fal", "preview", "replicate", "local"]
+# The models with a `replicate:` block, and the Replicate model ids they use (all of them served,
+# with a hand-written schema, by the fake server: aivp_batch/testing/replicate_schemas/).
+ON_REPLICATE = {
+    "kling_v25_turbo": {"kwaivgi/kling-v2.5-turbo-pro"},
+    "seedance_v1": {"bytedance/seedance-1-pro"},
+    "veo31": {"google/veo-3.1", "google/veo-3.1-fast"},
+}
 
 
 def test_every_model_in_the_issue_is_configured() -> None:
@@ -54,8 +61,17 @@ def test_compose_every_combination(compose_cfg, provider: str, model: str, tier:
         with pytest.raises(ConfigError, match=f"model={model} is retired: .*use model="):
             build_model_spec(container["model"], container["provider"], tier)
         return
+    if provider == "replicate" and model not in ON_REPLICATE:
+        with pytest.raises(ConfigError) as caught:
+            build_model_spec(container["model"], container["provider"], tier)
+        served = ", ".join(sorted(ON_REPLICATE))
+        assert str(caught.value) == f"model={model} has no replicate endpoints; models on replicate: {served}"
+        return
     spec = build_model_spec(container["model"], container["provider"], tier)
     assert "T2V" in spec.modes and spec.durations
+    if provider == "replicate":
+        assert {m.endpoint for m in spec.modes.values()} <= ON_REPLICATE[model]
+        assert spec.pricing == container["model"]["replicate"]["pricing"]  # its own rates, never fal's
     for mode in spec.modes.values():
         assert mode.durations and "{" not in mode.endpoint
         # Seedance 1.0's schema is not in the snapshot (it is fetched at run time); sora2 is retired.
@@ -88,12 +104,40 @@ def test_tier_variants_pick_endpoints(compose_cfg) -> None:
 def test_reserved_provider_is_a_clear_error(compose_cfg, tmp_path) -> None:
     from aivp_batch.app import build_plan, resolve_paths
 
-    cfg = compose_cfg("provider=replicate", f"project_dir={REPO / 'examples/short-film'}")
-    with pytest.raises(ConfigError, match="provider=replicate is reserved"):
+    cfg = compose_cfg("provider=local", f"project_dir={REPO / 'examples/short-film'}")
+    with pytest.raises(ConfigError, match="provider=local is reserved"):
         build_plan(cfg, resolve_paths(cfg, tmp_path))
 
 
 def test_model_without_provider_endpoints(compose_cfg) -> None:
-    cfg = OmegaConf.to_container(compose_cfg("model=veo31"), resolve=True)
-    with pytest.raises(ConfigError, match="model=veo31 has no endpoints for provider=replicate"):
+    cfg = OmegaConf.to_container(compose_cfg("model=hailuo02"), resolve=True)
+    with pytest.raises(ConfigError) as caught:
         build_model_spec(cfg["model"], {"name": "replicate"}, "standard")
+    assert str(caught.value) == (
+        "model=hailuo02 has no replicate endpoints; models on replicate: kling_v25_turbo, seedance_v1, veo31"
+    )
+    assert "\n" not in str(caught.value)
+
+
+def test_models_on_a_provider_come_from_the_model_yamls() -> None:
+    from aivp_batch.models import models_on
+
+    assert models_on("replicate") == sorted(ON_REPLICATE)
+    assert set(models_on("fal")) == set(MODELS) - {"sora2"}  # sora2 is retired
+    assert models_on("nowhere") == []
+
+
+def test_replicate_tiers_pick_the_model_and_its_resolution(compose_cfg) -> None:
+    cfg = OmegaConf.to_container(compose_cfg("provider=replicate", "model=veo31"), resolve=True)
+    iteration = build_model_spec(cfg["model"], cfg["provider"], "iteration")
+    hero = build_model_spec(cfg["model"], cfg["provider"], "hero")
+    assert {m.mode: m.endpoint for m in iteration.modes.values()} == {
+        "T2V": "google/veo-3.1-fast",
+        "I2V": "google/veo-3.1-fast",
+        "REF": "google/veo-3.1",
+    }
+    assert iteration.settings == {"speed": "-fast", "resolution": "720p", "audio": False}
+    assert hero.modes["T2V"].endpoint == "google/veo-3.1" and hero.settings["resolution"] == "1080p"
+    # fal's own tiers are untouched by the replicate block
+    fal = build_model_spec(cfg["model"], {"name": "fal"}, "hero")
+    assert fal.modes["T2V"].endpoint == "fal-ai/veo3.1" and fal.settings["resolution"] == "4k"

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from aivp_batch.errors import AuthError, RequestFailed, TransientError
+from aivp_batch.media import sha256_file
 from aivp_batch.providers.base import StatusUpdate, Submission
 from aivp_batch.providers.fal import FalProvider, RetryPolicy, app_id, failure_message, parse_retry_after
 from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan
@@ -62,7 +63,7 @@ def test_submit_wait_download_gives_a_decodable_clip(tmp_path: Path, use_stream:
     async def main(fal: FakeFal):
         async with make(fal, use_stream=use_stream, start_timeout=30) as p:
             sub, outcome = await generate(p, {"prompt": "a fox", "duration": "2s", "seed": 7}, updates.append)
-            size = await p.download(outcome.video_url, tmp_path / "clip.mp4.part")
+            size = (await p.download(outcome.video_url, tmp_path / "clip.mp4.part")).size
             return sub, outcome, size
 
     with FakeFal(latency_s=0.3) as fal:
@@ -105,12 +106,13 @@ def test_big_download_streams_to_disk(tmp_path: Path) -> None:
         async with make(fal) as p:
             _, outcome = await generate(p)
             start = time.monotonic()
-            size = await p.download(outcome.video_url, tmp_path / "big.mp4")
-            return size, time.monotonic() - start
+            got = await p.download(outcome.video_url, tmp_path / "big.mp4")
+            return got, time.monotonic() - start
 
     with FakeFal(latency_s=0.05, video_size_bytes=20_000_000) as fal:
-        size, seconds = run(main(fal))
-    assert size == 20_000_000 == (tmp_path / "big.mp4").stat().st_size
+        got, seconds = run(main(fal))
+    assert got.size == 20_000_000 == (tmp_path / "big.mp4").stat().st_size
+    assert got.sha256 == sha256_file(tmp_path / "big.mp4")  # hashed on the way in, blocks and all
     assert seconds < 5
     assert abs(decoded_seconds(tmp_path / "big.mp4") - 2.0) < 0.05
 
@@ -208,9 +210,10 @@ def test_reset_on_status_and_download_is_retried(tmp_path: Path) -> None:
         Fault("reset", on="download"),
     )
     with faulty(*faults) as fal:
-        size = run(main(fal))
+        got = run(main(fal))
         assert fal.stats.calls["download"] == 3 and fal.stats.faults_fired["status:reset"] == 2
-    assert size == (tmp_path / "clip.mp4").stat().st_size
+    assert got.size == (tmp_path / "clip.mp4").stat().st_size
+    assert got.sha256 == sha256_file(tmp_path / "clip.mp4")  # the retried transfer's hash, not a mix
     assert abs(decoded_seconds(tmp_path / "clip.mp4") - 2.0) < 0.05
 
 

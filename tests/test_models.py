@@ -291,3 +291,124 @@ def test_sora2_dry_run_exits_2_with_one_line(tmp_path) -> None:
         "removed fal-ai/sora-2/*; use model=veo31 or model=kling_v3"
     ]
     assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------- per provider: pricing, tiers, Replicate
+
+REPLICATE_MODELS = ["kling_v25_turbo", "seedance_v1", "veo31"]
+
+
+def replicate_spec(compose_cfg, model: str, tier: str):
+    cfg = OmegaConf.to_container(
+        compose_cfg("provider=replicate", f"model={model}", f"tier={tier}"), resolve=True
+    )
+    return build_model_spec(cfg["model"], cfg["provider"], tier)
+
+
+def replicate_store(tmp_path: Path) -> SchemaStore:
+    """The fake Replicate server's hand-written documents, rooted at `Input` as the run's
+    ReplicateSchemaSource roots them (no network)."""
+    from aivp_batch.providers.replicate import endpoint_document
+    from aivp_batch.testing.replicate_server import load_models
+
+    store = SchemaStore(cache_dir=tmp_path / "cache", offline=True, bundled=None)
+    for name, model in load_models().items():
+        store.register(name, endpoint_document(model["latest_version"]["openapi_schema"], name))
+    return store
+
+
+def _toy(**blocks) -> dict:
+    return {
+        "name": "toy",
+        "durations": [5],
+        "tiers": {"standard": {"audio": True}},
+        "pricing": {"unit": "second", "rates": [{"usd": 1.0}]},
+        **blocks,
+    }
+
+
+def test_a_providers_own_pricing_wins_and_fal_keeps_the_top_level_one() -> None:
+    modes = {"modes": {"t2v": {"endpoint": "x/y"}}, "fields": {"prompt": "prompt"}}
+    own = {"unit": "second", "rates": [{"usd": 0.25}]}
+    model = _toy(fal=dict(modes), replicate={**modes, "pricing": own})
+    assert build_model_spec(model, {"name": "fal"}, "standard").pricing == model["pricing"]
+    assert build_model_spec(model, {"name": "replicate"}, "standard").pricing == own
+    fal_own = _toy(fal={**modes, "pricing": own})
+    assert build_model_spec(fal_own, {"name": "fal"}, "standard").pricing == own
+
+
+def test_a_provider_other_than_fal_never_inherits_fals_rates() -> None:
+    model = _toy(replicate={"modes": {"t2v": {"endpoint": "x/y"}}})
+    with pytest.raises(ConfigError) as caught:
+        build_model_spec(model, {"name": "replicate"}, "standard")
+    assert str(caught.value) == (
+        "model=toy has no pricing for provider=replicate: add replicate.pricing to its model YAML "
+        "(the top-level pricing is fal's)"
+    )
+
+
+def test_a_providers_tier_block_is_merged_over_the_models() -> None:
+    block = {
+        "modes": {"t2v": {"endpoint": "x/y{speed}"}},
+        "pricing": {"unit": "free"},
+        "tiers": {"standard": {"speed": "-fast", "durations": [4, 8]}},
+    }
+    model = _toy(replicate=block)
+    model["tiers"]["standard"]["speed"] = "/fast"
+    spec = build_model_spec(model, {"name": "replicate"}, "standard", {"audio": False})
+    assert spec.modes["T2V"].endpoint == "x/y-fast" and spec.durations == (4, 8)
+    assert spec.settings == {"audio": False, "speed": "-fast"}  # the user's override still wins
+    with pytest.raises(ConfigError, match="replicate.tiers must map tier names"):
+        build_model_spec(_toy(replicate={**block, "tiers": ["standard"]}), {"name": "replicate"}, "standard")
+
+
+@pytest.mark.parametrize("tier", ["iteration", "standard", "hero"])
+@pytest.mark.parametrize("model", REPLICATE_MODELS)
+def test_every_replicate_mode_validates_against_its_document(compose_cfg, tmp_path, model, tier) -> None:
+    spec = replicate_spec(compose_cfg, model, tier)
+    plan = plan_jobs(fixed_storyboard(tmp_path), spec, provider="replicate", seed=3)
+    assert not plan.errors, plan.errors
+    validate_jobs(plan.jobs, replicate_store(tmp_path))
+    by_key = {j.key: j for j in plan.jobs}
+    assert by_key["shot-01"].mode == "T2V" and by_key["shot-02"].mode == "I2V"
+    for job in plan.jobs:
+        assert isinstance(job.payload["duration"], int)  # Replicate's durations are integers
+        assert not any(k.endswith("_url") for k in job.payload), job.payload  # no fal field names
+    if model == "veo31" and tier != "hero":
+        assert by_key["shot-01"].endpoint == "google/veo-3.1-fast"
+
+
+def test_replicate_models_are_priced_at_replicates_rates(compose_cfg, tmp_path) -> None:
+    shots = fixed_storyboard(tmp_path)[:1]  # one 5 s text-to-video shot
+    usd = {
+        (model, tier): plan_jobs(
+            shots, replicate_spec(compose_cfg, model, tier), provider="replicate", seed=1
+        ).total_usd
+        for model in REPLICATE_MODELS
+        for tier in ("iteration", "standard", "hero")
+    }
+    # Veo 3.1 renders 6 s for a 5 s shot (4, 6 or 8): Fast without audio, Fast with, full with.
+    assert [usd["veo31", t] for t in ("iteration", "standard", "hero")] == pytest.approx([0.6, 0.9, 2.4])
+    assert [usd["seedance_v1", t] for t in ("iteration", "standard", "hero")] == pytest.approx(
+        [0.15, 0.3, 0.75]
+    )
+    assert usd["kling_v25_turbo", "standard"] == pytest.approx(0.35)
+    fal_hero = plan_jobs(shots, spec_for(compose_cfg, "veo31", "hero"), provider="fal", seed=1)
+    assert fal_hero.total_usd == pytest.approx(3.6)  # fal's own 4k rate, not Replicate's
+
+
+def test_a_model_not_on_replicate_exits_2_with_one_line(tmp_path) -> None:
+    proc = run_cli(
+        f"project_dir={EXAMPLE}",
+        "provider=replicate",
+        "model=hailuo02",
+        "dry_run=true",
+        "offline=true",
+        cwd=tmp_path,
+        env={"REPLICATE_API_TOKEN": "r8_unused"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "aivp-batch: error: model=hailuo02 has no replicate endpoints; "
+        "models on replicate: kling_v25_turbo, seedance_v1, veo31"
+    ]

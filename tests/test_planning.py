@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from aivp_batch.errors import ConfigError, PayloadInvalid, SchemaUnavailable
 from aivp_batch.media import frame_size
 from aivp_batch.models import FieldSpec, build_model_spec
-from aivp_batch.planning import job_identity, plan_jobs
+from aivp_batch.planning import job_identity, plan_jobs, plan_multishot
 from aivp_batch.pricing import estimate_usd
 from aivp_batch.schemas import SchemaStore
 from aivp_batch.storyboard import Shot
@@ -342,3 +342,274 @@ def test_min_image_px_must_be_a_positive_whole_number(compose_cfg) -> None:
         build_model_spec({**cfg["model"], "min_image_px": 128}, cfg["provider"], "standard").min_image_px
         == 128
     )
+
+
+# ---------------------------------------------------------------- strategy=multishot
+
+
+def _ms(n: int, scene: str | None = "harbour", duration: float | None = 3, **kw) -> Shot:
+    kw.setdefault("prompts", {"kling": f"[Camera: static] Shot {n}.", "motion": f"Shot {n}."})
+    return Shot(id=f"shot-{n:02d}", number=n, scene=scene, duration_s=duration, aspect_ratio="16:9", **kw)
+
+
+def _example_shots() -> list[Shot]:
+    from conftest import EXAMPLE
+
+    from aivp_batch.storyboard import read_storyboard
+
+    return read_storyboard(EXAMPLE).shots
+
+
+@pytest.mark.parametrize(
+    "model, tier, endpoints",
+    [
+        (
+            "kling_o3",
+            "hero",
+            ["fal-ai/kling-video/o3/pro/reference-to-video", "fal-ai/kling-video/o3/pro/reference-to-video"],
+        ),
+        (
+            "kling_o3",
+            "iteration",
+            [
+                "fal-ai/kling-video/o3/standard/reference-to-video",
+                "fal-ai/kling-video/o3/standard/reference-to-video",
+            ],
+        ),
+        (
+            "kling_v3",
+            "standard",
+            ["fal-ai/kling-video/v3/pro/image-to-video", "fal-ai/kling-video/v3/pro/text-to-video"],
+        ),
+    ],
+)
+def test_multishot_renders_the_example_in_two_calls_that_validate(
+    compose_cfg, tmp_path, model, tier, endpoints
+) -> None:
+    spec = spec_for(compose_cfg, model, tier)
+    plan = plan_multishot(_example_shots(), spec, provider="fal", seed=1)
+    assert not plan.errors and plan.fallbacks == {}
+    # 5 + 6 + 4 + 7 s: 15 s a call at most, so two calls of two shots (not 3 + 1).
+    assert [j.key for j in plan.jobs] == ["group-01", "group-02"]
+    assert [[s.id for s in j.shots] for j in plan.jobs] == [["shot-01", "shot-02"], ["shot-03", "shot-04"]]
+    assert [j.endpoint for j in plan.jobs] == endpoints
+    for job, durations in zip(plan.jobs, [(5, 6), (4, 7)], strict=True):
+        assert "prompt" not in job.payload and job.payload["shot_type"] == "customize"
+        assert [i["duration"] for i in job.payload["multi_prompt"]] == [str(d) for d in durations]
+        assert job.payload["duration"] == "11" and job.duration_s == 11 and job.shot_durations_s == durations
+        assert job.requested_duration_s == sum(durations)
+        assert job.prompt == "\n\n".join(i["prompt"] for i in job.payload["multi_prompt"])
+        rate = estimate_usd(spec.pricing, duration_s=11, settings=job.settings, endpoint=job.endpoint)
+        assert job.estimate_usd == rate > 0 and len(job.identity) == 64
+    store = snapshot_store(tmp_path, endpoints)
+    assert set(validate_jobs(plan.jobs, store)) == set(endpoints)
+
+
+@pytest.mark.parametrize(
+    "model, keyframe, characters, mode, endpoint",
+    [
+        ("kling_o3", False, False, "T2V", "fal-ai/kling-video/o3/pro/text-to-video"),
+        ("kling_o3", True, False, "I2V", "fal-ai/kling-video/o3/pro/image-to-video"),
+        ("kling_o3", False, True, "REF", "fal-ai/kling-video/o3/pro/reference-to-video"),
+        ("kling_o3", True, True, "REF", "fal-ai/kling-video/o3/pro/reference-to-video"),
+        ("kling_v3", False, False, "T2V", "fal-ai/kling-video/v3/pro/text-to-video"),
+        ("kling_v3", True, False, "I2V", "fal-ai/kling-video/v3/pro/image-to-video"),
+        ("kling_v3", False, True, "T2V", "fal-ai/kling-video/v3/pro/text-to-video"),
+        ("kling_v3", True, True, "I2V", "fal-ai/kling-video/v3/pro/image-to-video"),
+    ],
+)
+def test_a_groups_endpoint_follows_its_keyframe_and_characters(
+    compose_cfg, project, tmp_path, model, keyframe, characters, mode, endpoint
+) -> None:
+    frame = project / "image/frames/shot-01-ff.png"
+    chars = tuple(sorted((project / "image/characters").glob("elena-*.png")))
+    extra = {"characters": ("Elena",), "character_refs": chars} if characters else {}
+    shots = [_ms(1, start_frame=frame if keyframe else None, **extra), _ms(2, **extra)]
+    [job] = plan_multishot(shots, spec_for(compose_cfg, model, "hero"), provider="fal", seed=1).jobs
+    assert (job.mode, job.endpoint) == (mode, endpoint)
+    takes_image = {"T2V": None, "I2V": "image_url" if model == "kling_o3" else "start_image_url"}
+    image_field = takes_image.get(mode, "start_image_url")
+    sent_images = {k for k in job.files if not k.startswith("elements")}
+    assert sent_images == ({image_field} if keyframe and image_field else set())
+    assert ("elements" in job.payload) == (characters and mode != "T2V")  # T2V takes no elements
+    validate_jobs([job], snapshot_store(tmp_path, [endpoint]))
+
+
+def test_a_groups_characters_are_one_element_each_named_in_every_item(compose_cfg, project, tmp_path) -> None:
+    chars = project / "image/characters"
+    marco_side = write_png(chars / "marco-side.png", (768, 1024), (40, 50, 60))
+    elena = (chars / "elena-front.png", chars / "elena-side.png")
+    marco = (chars / "marco-front.png", marco_side)
+    shots = [
+        _ms(1, prompts={"kling": "Elena waits by the window."}, characters=("Elena",), character_refs=elena),
+        _ms(
+            2,
+            prompts={"kling": "@Marco comes in; Elena looks up."},
+            characters=("Marco", "Elena"),
+            character_refs=marco + elena,
+        ),
+        _ms(3, prompts={"kling": "A door closes."}, characters=("Marco",), character_refs=marco),
+    ]
+    [job] = plan_multishot(shots, spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=1).jobs
+    assert [e["frontal_image_url"] for e in job.payload["elements"]] == [
+        elena[0].as_uri(),
+        marco[0].as_uri(),
+    ]  # in the order the items first name them
+    assert [i["prompt"] for i in job.payload["multi_prompt"]] == [
+        "Elena (@Element1) waits by the window.",
+        "@Element2 comes in; Elena (@Element1) looks up.",
+        "A door closes.\n@Element2: Marco",  # its own character, unnamed: listed; Elena is not in it
+    ]
+    # every portrait once: one upload each
+    assert sorted(job.files.values()) == sorted({*elena, *marco})
+    assert job.files["elements[1].reference_image_urls[0]"] == marco_side
+    validate_jobs([job], snapshot_store(tmp_path, [job.endpoint]))
+
+
+def test_the_scenes_setting_is_folded_into_every_item(compose_cfg) -> None:
+    shots = [_ms(1), _ms(2, prompts={"kling": "(Duration: 2.5s) Shot 2."}, duration=2.5)]
+    settings = {"harbour": "A stormy harbour at night, rain on the cobbles"}
+    [job] = plan_multishot(
+        shots, spec_for(compose_cfg, "kling_v3", "hero"), provider="fal", seed=1, scene_settings=settings
+    ).jobs
+    items = job.payload["multi_prompt"]
+    assert all(
+        i["prompt"].startswith("Setting: A stormy harbour at night, rain on the cobbles\n") for i in items
+    )
+    assert items[1]["prompt"].endswith("(Duration: 3s) Shot 2.") and items[1]["duration"] == "3"
+    assert job.duration_note == "shot-02: raised 2.5s → 3s (allowed per shot: 1–15s)"
+
+
+def test_prompt_and_multi_prompt_are_refused_together(compose_cfg, project, tmp_path) -> None:
+    spec = spec_for(compose_cfg, "kling_v3", "hero")
+    plan = plan_multishot([_ms(1), _ms(2)], spec, provider="fal", seed=1, payload_extra={"prompt": "x"})
+    with pytest.raises(PayloadInvalid) as err:
+        validate_jobs(plan.jobs, snapshot_store(tmp_path, {j.endpoint for j in plan.jobs}))
+    assert str(err.value) == (
+        "group-01: model=kling_v3 endpoint=fal-ai/kling-video/v3/pro/text-to-video field multi_prompt: "
+        "sent together with prompt; Kling takes one prompt or a multi_prompt list of shots, not both"
+    )
+    # The rule holds for a single shot too: its prompt plus a multi_prompt smuggled in.
+    single = plan_jobs(
+        [_ms(1)],
+        spec,
+        provider="fal",
+        seed=1,
+        payload_extra={"multi_prompt": [{"prompt": "y", "duration": "3"}]},
+    )
+    with pytest.raises(PayloadInvalid, match="shot-01: .* field multi_prompt: sent together with prompt"):
+        validate_jobs(single.jobs, snapshot_store(tmp_path, {j.endpoint for j in single.jobs}))
+
+
+def test_payload_rules_parse_excludes() -> None:
+    from aivp_batch.models import PayloadRule, parse_rules
+
+    [rule] = parse_rules("m", [{"path": "multi_prompt", "excludes": ["prompt"], "message": "one or other"}])
+    assert rule == PayloadRule("multi_prompt", excludes=("prompt",), message="one or other")
+    assert rule.violations({"prompt": "a", "multi_prompt": [{}]}) == [
+        ("multi_prompt", "sent together with prompt")
+    ]
+    assert rule.violations({"prompt": "a", "multi_prompt": None}) == []
+    assert rule.violations({"multi_prompt": [{}]}) == []
+    with pytest.raises(ConfigError, match="excludes must be a list of field names"):
+        parse_rules("m", [{"path": "multi_prompt", "excludes": "prompt"}])
+
+
+def test_shots_that_fit_no_group_take_the_single_shot_path(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "kling_v3", "hero")
+    shots = [_ms(1, "lighthouse"), _ms(2), _ms(3), _ms(4, duration=20)]
+    plan = plan_multishot(shots, spec, provider="fal", seed=1)
+    assert [j.key for j in plan.jobs] == ["shot-01", "group-01"]
+    assert plan.fallbacks == {
+        "shot-01": "it is alone in its scene (no consecutive shot of the same scene and aspect ratio)",
+        "shot-04": "its 20s is longer than one multi-shot call holds (15s in all)",
+    }
+    single = plan.jobs[0]
+    assert single.notes[0].startswith("renders alone (strategy=multishot): it is alone in its scene")
+    assert "prompt" in single.payload and single.shot_durations_s == ()
+    # …exactly the job strategy=single plans for it, and shot-04 fails there as it would alone
+    [same] = plan_jobs(shots[:1], spec, provider="fal", seed=1).jobs
+    assert (single.identity, single.payload) == (same.identity, same.payload)
+    assert plan.errors == [plan_jobs(shots[3:], spec, provider="fal", seed=1).errors[0]]
+    assert "longer than" in plan.errors[0]
+
+
+def test_a_model_without_groups_plans_every_shot_alone(compose_cfg, project) -> None:
+    spec = spec_for(compose_cfg, "seedance_v15", "standard")
+    shots = shots_for_every_mode(project)
+    plan = plan_multishot(shots, spec, provider="fal", seed=1)
+    assert [j.identity for j in plan.jobs] == [
+        j.identity for j in plan_jobs(shots, spec, provider="fal", seed=1).jobs
+    ]
+    assert set(plan.fallbacks.values()) == {"model=seedance_v15 takes no multi-shot groups on provider=fal"}
+
+
+def test_a_groups_identity_hashes_its_files_and_ignores_a_drawn_seed(compose_cfg, project) -> None:
+    spec = spec_for(compose_cfg, "kling_o3", "hero")
+    frame = project / "image/frames/shot-01-ff.png"
+    shots = [_ms(1, start_frame=frame), _ms(2)]
+    a = plan_multishot(shots, spec, provider="fal", seed=None).jobs[0]
+    b = plan_multishot(shots, spec, provider="fal", seed=None).jobs[0]
+    assert a.identity == b.identity and a.file_hashes == {"image_url": b.file_hashes["image_url"]}
+    write_png(frame, (1280, 720), (1, 2, 3))  # the keyframe edited: another render
+    assert plan_multishot(shots, spec, provider="fal", seed=None).jobs[0].identity != a.identity
+    # a seed asked for on an endpoint that takes none is a take of its own
+    assert plan_multishot(shots, spec, provider="fal", seed=2).jobs[0].identity != a.identity
+    single = plan_jobs(shots[:1], spec, provider="fal", seed=None).jobs[0]
+    assert single.identity != a.identity
+
+
+def test_multishot_planning_errors_are_lines(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "kling_v3", "hero")
+    extra = plan_multishot([_ms(1), _ms(2)], spec, provider="fal", seed=1, payload_extra={"duration": "10"})
+    assert extra.errors == [
+        "group-01: payload_extra sets duration='10', but a multi-shot group's duration is the sum of its "
+        "shots' (6s)"
+    ]
+    stated = plan_multishot([_ms(1, group="a"), _ms(2, "street", group="a")], spec, provider="fal", seed=1)
+    assert not stated.jobs
+    assert stated.errors == [
+        "multi-shot group 'a' (shot-01, shot-02): shot-01 and shot-02 are in different scenes "
+        "(harbour / street)"
+    ]
+    long = plan_multishot(
+        [_ms(1, prompts={"kling": "x" * 50}), _ms(2)], spec, provider="fal", seed=1, max_prompt_chars=40
+    )
+    assert long.errors == ["group-01: shot-01's prompt is 50 characters; the limit is max_prompt_chars=40"]
+
+
+def test_groups_stated_by_the_manifest_are_honoured(compose_cfg) -> None:
+    spec = spec_for(compose_cfg, "kling_v3", "hero")
+    shots = [_ms(n) for n in range(1, 5)]
+    plan = plan_multishot(shots, spec, provider="fal", seed=1, groups=[["shot-01", "shot-02", "shot-03"]])
+    assert [[s.id for s in j.shots] for j in plan.jobs] == [["shot-01", "shot-02", "shot-03"], ["shot-04"]]
+    assert plan.fallbacks == {
+        "shot-04": "it is alone in its scene (no consecutive shot of the same scene and aspect ratio)"
+    }
+
+
+def test_the_preview_renders_groups_with_the_models_limits(compose_cfg, project) -> None:
+    from aivp_batch.providers.preview import PREVIEW_ENDPOINT, preview_openapi
+
+    spec = spec_for(compose_cfg, "kling_o3", "standard", provider="preview")
+    frame = project / "image/frames/shot-01-ff.png"
+    shots = [_ms(1, start_frame=frame, dialogue="Hold on!"), _ms(2, duration=2), _ms(3, "street")]
+    plan = plan_multishot(shots, spec, provider="preview", seed=4)
+    assert [j.key for j in plan.jobs] == ["group-01", "shot-03"]
+    group = plan.jobs[0]
+    assert (group.endpoint, group.mode, group.estimate_usd) == (PREVIEW_ENDPOINT, "I2V", 0.0)
+    assert group.payload["prompt"] == "group-01: shot-01, shot-02" and group.payload["duration"] == 5
+    assert group.payload["multi_prompt"] == [
+        {
+            "prompt": "[Camera: static] Shot 1.",
+            "duration": 3,
+            "title": "shot-01",
+            "caption": "Shot 1.",
+            "dialogue": "Hold on!",
+        },
+        {"prompt": "[Camera: static] Shot 2.", "duration": 2, "title": "shot-02", "caption": "Shot 2."},
+    ]
+    assert set(group.files) == {"image_url"}
+    store = SchemaStore(offline=True, bundled=None)
+    store.register(PREVIEW_ENDPOINT, preview_openapi())
+    validate_jobs(plan.jobs, store)

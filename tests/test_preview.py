@@ -417,7 +417,7 @@ def test_provider_full_cycle(tmp_path: Path) -> None:
                 PREVIEW_ENDPOINT, _payload(image_url=uri, seed=None, aspect_ratio="9:16")
             )
             outcome = await provider.wait(sub, statuses.append)
-            size = await provider.download(outcome.video_url, tmp_path / "out" / "clip.mp4.part")
+            size = (await provider.download(outcome.video_url, tmp_path / "out" / "clip.mp4.part")).size
             return uri, outcome, size, [sub.request_id, sub.endpoint]
 
     uri, outcome, size, (request_id, endpoint) = asyncio.run(go())
@@ -524,3 +524,90 @@ def test_provider_cancel_stops_a_running_render(tmp_path: Path) -> None:
         asyncio.run(go())  # returns once the worker thread has stopped, too
     assert time.monotonic() - started < 5
     assert not list((tmp_path / "renders").glob("*.mp4*"))
+
+
+# ------------------------------------------------------------------ multi-shot groups
+
+_GROUP = [
+    {"duration_s": 1, "prompt": "A lighthouse at dusk.", "title": "shot-01", "camera": "static"},
+    {"duration_s": 2, "prompt": "Waves on the rocks.", "title": "shot-02", "dialogue": "Hold on!"},
+    {"duration_s": 1, "prompt": "The lamp turns.", "title": "shot-03", "camera": "push_in"},
+]
+
+
+def test_multishot_renders_one_clip_with_a_cut_and_a_slate_per_shot(tmp_path: Path) -> None:
+    frames = _slated(tmp_path / "group.mp4", shots=_GROUP)
+    assert len(frames) == 4 * FPS  # 1 + 2 + 1 s
+    cuts = (FPS, 3 * FPS)
+    card = (slice(int(SH * 0.3), int(SH * 0.45)), slice(int(SW * 0.8), SW))  # background, clear of text
+    for cut in cuts:
+        # A hard cut: each shot its own card colour, while within a shot the card holds still.
+        assert _mad(frames[cut - 1][card], frames[cut][card]) > 8
+        assert _mad(frames[cut][card], frames[cut + 1][card]) < 2
+    # Each shot's own slate: its id top left, its clock from 00:00 again.
+    assert np.abs(frames[0][_TOP_LEFT] - frames[FPS][_TOP_LEFT]).max() > 60
+
+    def clock(frame: np.ndarray) -> np.ndarray:  # the light digits, whatever the card's colour
+        return frame[_TOP_RIGHT].mean(axis=-1) > 150
+
+    def changed(a: int, b: int) -> int:  # pixels of the digits that differ between two frames
+        return int((clock(frames[a]) != clock(frames[b])).sum())
+
+    assert changed(FPS, 0) <= 2  # shot-02 starts at 00:00 again
+    assert changed(2 * FPS, FPS) > 6  # its 00:01
+    assert changed(3 * FPS, 0) <= 2  # shot-03 starts at 00:00
+    # shot-02's dialogue sits above its progress bar, on its frames only.
+    bar, centre = SH - round(SH * 0.12), slice(int(SW * 0.35), int(SW * 0.65))
+    line = (slice(bar - 30, bar), centre)
+    assert _mad(frames[FPS + 2][line], frames[2][line]) > 5
+
+
+def test_multishot_starts_from_the_keyframe_and_ends_on_the_end_frame(tmp_path: Path) -> None:
+    key, grey = _flat(tmp_path / "ff.png", (128, 128, 128))
+    end, red = _flat(tmp_path / "lf.png", (200, 40, 40))
+    frames = _slated(tmp_path / "group.mp4", shots=_GROUP, start_image=key, end_image=end)
+    assert _mad(frames[0][_MIDDLE], grey[_MIDDLE]) < 2  # shot-01 is the keyframe
+    assert _mad(frames[FPS][_MIDDLE], grey[_MIDDLE]) > 30  # shot-02 is a card
+    assert _mad(frames[-1][_MIDDLE], red[_MIDDLE]) < 3  # the last shot lands on the end frame
+
+
+def test_the_schema_takes_a_multi_prompt_list() -> None:
+    item = {"prompt": "A lighthouse", "duration": 2, "title": "shot-01", "caption": None, "dialogue": "Hi"}
+    ok = {
+        "prompt": "group-01: shot-01, shot-02",
+        "duration": 5,
+        "multi_prompt": [item, {**item, "duration": 3}],
+    }
+    assert list(_input_validator().iter_errors(ok)) == []
+    for bad in (
+        {**item, "duration": 0},
+        {"duration": 2},
+        {**item, "prompt": ""},
+        {**item, "camera_move": "orbit"},
+    ):
+        assert list(_input_validator().iter_errors({**ok, "multi_prompt": [bad]})), bad
+    assert list(_input_validator().iter_errors({**ok, "multi_prompt": []}))
+
+
+def test_provider_renders_a_multi_prompt_payload(tmp_path: Path) -> None:
+    items = [
+        {"prompt": "Static: a lighthouse", "duration": 1, "title": "shot-01"},
+        {"prompt": "pan left over the sea", "duration": 2, "title": "shot-02", "dialogue": "Look!"},
+    ]
+    settings = PreviewProvider._settings(_payload(duration=3, multi_prompt=items))
+    assert settings["duration_s"] == 3.0
+    assert [(s["title"], s["duration_s"], s["camera"], s["dialogue"]) for s in settings["shots"]] == [
+        ("shot-01", 1.0, "static", None),
+        ("shot-02", 2.0, "pan_left", "Look!"),
+    ]
+    assert PreviewProvider._settings(_payload())["shots"] is None
+
+    async def go() -> Path:
+        async with PreviewProvider(tmp_path / "renders") as provider:
+            sub = await provider.submit(PREVIEW_ENDPOINT, _payload(duration=3, multi_prompt=items))
+            outcome = await provider.wait(sub)
+            await provider.download(outcome.video_url, tmp_path / "group.mp4")
+            return tmp_path / "group.mp4"
+
+    info = probe(asyncio.run(go()))
+    assert (info.frames, info.has_audio) == (24, True)  # 3 s at 8 fps

@@ -233,3 +233,20 @@ def test_model_auto_is_priced_from_fal_unit_price_so_the_budget_holds(film, tmp_
             fal_overrides(fal, film, tmp_path, *auto, "budget_usd=1"), tmp_path / "r2", monkeypatch
         )
         assert code == 0 and summary["billed_usd"] == pytest.approx(0.35)
+
+
+def test_a_new_render_replaces_the_clip_delivered_before(film, tmp_path, monkeypatch) -> None:
+    """A shot rendered again (another seed: another job) is delivered: the log's sha256 is the
+    delivered file's, not only the store's."""
+    from aivp_batch.media import sha256_file
+
+    base = [f"project_dir={film}", "provider=preview", "model=kling_v3", "shots=[3]"]
+    base.append(f"schema_cache_dir={tmp_path / 'schemas'}")
+    clip = film / "video/clips/shot-03.mp4"
+    code, _ = run_in_process([*base, "seed=1"], tmp_path / "run1", monkeypatch)
+    assert code == 0
+    first = sha256_file(clip)
+    code, _ = run_in_process([*base, "seed=2"], tmp_path / "run2", monkeypatch)
+    assert code == 0
+    log = logs(film)["shot-03"]
+    assert sha256_file(clip) == log["clip"]["sha256"] != first

@@ -8,10 +8,14 @@ run can `attach` to the same request instead of paying for a new one.
 from __future__ import annotations
 
 import abc
+import asyncio
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, BinaryIO
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,69 @@ class HistoryRow:
     status_code: int | None = None
 
 
+@dataclass(frozen=True)
+class Download:
+    """A finished download: its size and the sha256 of its bytes, taken as they arrived."""
+
+    size: int
+    sha256: str
+
+
+class ClipSink:
+    """Where a provider writes a download: the bytes are hashed on their way to disk (the clip is
+    never read a second time to hash it), and gathered into blocks written from a worker thread,
+    so a big clip never stalls the event loop; the last block and the fsync happen there too.
+    `async with ClipSink(dest) as sink: await sink.write(chunk)`."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = Path(dest)
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._file: BinaryIO | None = None
+        self.size = 0
+
+    async def __aenter__(self) -> ClipSink:
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.dest, "wb")  # noqa: SIM115 - closed in __aexit__
+        return self
+
+    async def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        self.size += len(chunk)
+        if len(self._buffer) >= self.BLOCK:
+            block, self._buffer = bytes(self._buffer), bytearray()
+            await asyncio.to_thread(self._put, block)
+
+    def _put(self, block: bytes) -> None:
+        assert self._file is not None
+        self._hash.update(block)  # hashlib and file writes release the GIL for big blocks
+        self._file.write(block)
+
+    def result(self) -> Download:
+        return Download(self.size, self._hash.hexdigest())
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await asyncio.to_thread(self._finish)  # the paid-for clip is on disk before it is recorded
+        elif self._file is not None:
+            self._file.close()
+
+    def _finish(self) -> None:
+        assert self._file is not None
+        try:
+            if self._buffer:
+                self._put(bytes(self._buffer))
+                self._buffer = bytearray()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+
 StatusCallback = Callable[[StatusUpdate], None]
 
 
@@ -124,8 +191,9 @@ class Provider(abc.ABC):
         """Wait for completion; raise RequestFailed for a final failure."""
 
     @abc.abstractmethod
-    async def download(self, url: str, dest: Path) -> int:
-        """Stream `url` into `dest` (the caller passes a `.part` path); return the byte count."""
+    async def download(self, url: str, dest: Path) -> Download:
+        """Stream `url` into `dest` (the caller passes a `.part` path) through a `ClipSink`; return
+        its size and sha256."""
 
     @abc.abstractmethod
     async def cancel(self, submission: Submission) -> None:

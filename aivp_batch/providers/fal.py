@@ -44,7 +44,18 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from ..errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from ..keys import HOW_TO_SET, redact
 from ..media import sha256_file, sniff_bytes
-from .base import HistoryRow, Outcome, Provider, StatusCallback, StatusUpdate, Submission, UnitPrice
+from .base import (
+    ClipSink,
+    Download,
+    HistoryRow,
+    Outcome,
+    Provider,
+    StatusCallback,
+    StatusUpdate,
+    Submission,
+    UnitPrice,
+)
+from .http_pool import ClientShards
 
 log = logging.getLogger(__name__)
 
@@ -236,25 +247,18 @@ class FalProvider(Provider):
         self.client_timeout = client_timeout
         self.use_stream = use_stream
         self.retry = retry or RetryPolicy()
-        # httpcore scans its whole pool on every request: size the pools to the work (one connection
-        # per job in flight, a few spare for uploads and the token), not to a big default.
-        pool = max_in_flight + 4
-        short = min(pool, 16)  # submits, results, downloads are brief: a few connections serve many jobs
-        limits = httpx.Limits(max_connections=short, max_keepalive_connections=short)
-        stream_limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+        pool = max_in_flight + 4  # one connection per job in flight, a few spare for uploads and the token
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
         tls = _tls_context()
-        # pool=None: with many jobs in flight a request waits for a free connection, never fails for it.
-        self._http = httpx.AsyncClient(
-            verify=tls, limits=limits, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
+        # pool=None: with many jobs in flight a request waits for a free connection, never fails for
+        # it. Submits, results and downloads are brief: a few connections serve many jobs.
+        self._http = ClientShards(
+            pool, 16, verify=tls, headers=headers, timeout=httpx.Timeout(120.0, connect=30.0, pool=None)
         )
-        # Streams hold a connection for a whole job, so they get their own pool and never starve
+        # Streams hold a connection for a whole job, so they get their own pools and never starve
         # submits and downloads; when all stream slots are taken a wait polls instead.
-        self._sse = httpx.AsyncClient(
-            verify=tls,
-            limits=stream_limits,
-            headers=headers,
-            timeout=httpx.Timeout(60.0, connect=30.0, pool=None),
+        self._sse = ClientShards(
+            pool, pool, verify=tls, headers=headers, timeout=httpx.Timeout(60.0, connect=30.0, pool=None)
         )
         self._stream_slots = asyncio.Semaphore(pool)
         self._token: tuple[str, str, float] | None = None  # (type, token, expires epoch)
@@ -310,7 +314,7 @@ class FalProvider(Provider):
             async for attempt in self._retrying(kind, _is_transient):
                 with attempt:
                     tries += 1
-                    response = await self._http.request(method, url, **kwargs)
+                    response = await self._http.pick().request(method, url, **kwargs)
                     _raise_if_transient(response, kind)
         except (_Retry, httpx.TransportError) as exc:
             raise TransientError(
@@ -429,7 +433,7 @@ class FalProvider(Provider):
         try:
             async for attempt in self._retrying("submit", safe_to_retry):
                 with attempt:
-                    response = await self._http.post(
+                    response = await self._http.pick().post(
                         f"{self.queue_url}/{endpoint}", json=payload, headers=headers
                     )
                     _raise_if_transient(response, "submit")
@@ -522,7 +526,7 @@ class FalProvider(Provider):
     async def _stream_once(self, sub: Submission, progress: _Progress) -> dict[str, Any] | None:
         url = f"{sub.status_url}/stream"
         async with aconnect_sse(
-            self._sse, "GET", url, params={"logs": "1"}, headers=self._key_headers()
+            self._sse.pick(), "GET", url, params={"logs": "1"}, headers=self._key_headers()
         ) as es:
             response = es.response
             if response.status_code != 200:
@@ -606,13 +610,12 @@ class FalProvider(Provider):
         )
 
     # ------------------------------------------------------------------ files
-    async def download(self, url: str, dest: Path) -> int:
-        """Stream `url` into `dest` in chunks; a broken transfer restarts the file from scratch."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    async def download(self, url: str, dest: Path) -> Download:
+        """Stream `url` into `dest`, hashing it on the way; a broken transfer restarts the file."""
 
-        async def once() -> int:
+        async def once() -> Download:
             # No Authorization header: output media URLs are public, and the key must not leak to a CDN.
-            async with self._http.stream("GET", url) as response:
+            async with self._http.pick().stream("GET", url) as response:
                 if not response.is_success:
                     await response.aread()
                     _raise_if_transient(response, "download")
@@ -620,13 +623,13 @@ class FalProvider(Provider):
                         f"download of {url} failed: HTTP {response.status_code}",
                         status_code=response.status_code,
                     )
-                with dest.open("wb") as f:
+                async with ClipSink(dest) as sink:
                     async for chunk in response.aiter_bytes(1 << 16):
-                        f.write(chunk)
+                        await sink.write(chunk)
                 expected = response.headers.get("content-length")
                 if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
                     raise _Retry(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
-            return dest.stat().st_size
+            return sink.result()
 
         try:
             async for attempt in self._retrying("download", _is_transient):

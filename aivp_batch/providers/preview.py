@@ -12,12 +12,12 @@ import asyncio
 import colorsys
 import contextlib
 import functools
+import itertools
 import json
 import math
 import queue
 import re
 import secrets
-import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..errors import InputError, RequestFailed
 from ..media import even, frame_size
-from .base import Outcome, Provider, StatusCallback, StatusUpdate, Submission
+from .base import ClipSink, Download, Outcome, Provider, StatusCallback, StatusUpdate, Submission
 
 PREVIEW_ENDPOINT = "aivp/preview"
 
@@ -45,6 +45,7 @@ RESOLUTIONS = ("360p", "480p", "720p", "1080p")
 
 _ZOOM = 1.15  # push/pull range, and the head-room pans and tilts travel through
 _FADE_FRACTION = 0.4  # the end frame crossfades in over the last 40% of the clip
+_GROUP_HUE_STEP = 0.381966  # 1 - 1/φ: consecutive shots of a group get well-separated card hues
 _AUDIO_RATE = 48_000
 _BT601 = 6  # AVCOL_SPC/PRI/TRC_SMPTE170M
 _MPEG_RANGE = 1  # AVCOL_RANGE_MPEG (limited)
@@ -176,6 +177,24 @@ def preview_openapi() -> dict[str, Any]:
             "default": None,
             "description": "When null the move is read from the prompt.",
         },
+        "multi_prompt": {
+            "title": "Shots",
+            "anyOf": [
+                {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/PreviewShot"}},
+                {"type": "null"},
+            ],
+            "default": None,
+            "description": "A multi-shot group: one clip, each shot its own card (the first starts from "
+            "image_url) with its own slate, for its duration; `duration` is their sum.",
+        },
+    }
+    shot_properties: dict[str, Any] = {
+        "prompt": {"title": "Prompt", "type": "string", "minLength": 1},
+        "duration": {"title": "Duration (s)", "type": "integer", "minimum": 1, "maximum": 60},
+        "title": {"title": "Title", "type": "string", "default": ""},
+        "caption": {"title": "Caption", "anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "dialogue": {"title": "Dialogue", "anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+        "camera_move": properties["camera_move"],
     }
     schema_ref = {"$ref": "#/components/schemas/PreviewInput"}
     return {
@@ -192,6 +211,13 @@ def preview_openapi() -> dict[str, Any]:
                     "type": "object",
                     "properties": properties,
                     "x-fal-order-properties": list(properties),
+                    "required": ["prompt", "duration"],
+                },
+                "PreviewShot": {
+                    "title": "PreviewShot",
+                    "type": "object",
+                    "properties": shot_properties,
+                    "x-fal-order-properties": list(shot_properties),
                     "required": ["prompt", "duration"],
                 },
                 "PreviewOutput": {
@@ -295,11 +321,18 @@ def render_preview(
     camera: str = "static",
     dialogue: str | None = None,
     overlay: bool = True,
+    shots: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write an H.264/AAC MP4 animatic of exactly round(duration_s*fps) frames to `dest`.
 
     With `overlay` (the default) every frame carries the burned-in slate: PREVIEW and the shot
     id (`title`), the clip time as mm:ss, and the `dialogue` line when there is one.
+
+    `shots` (a multi-shot group: dicts of duration_s, prompt, title, camera, dialogue) renders
+    each shot in turn instead, round(duration_s*fps) frames each, cut hard from one to the next:
+    the first starts from `start_image` (else a card), the others are cards of their own colour,
+    each with its own slate (its title, its dialogue, its clock from 00:00); `end_image` ends the
+    last. `prompt`, `title`, `camera`, `dialogue` and `duration_s` are then not used.
     """
     _render(
         dest,
@@ -315,6 +348,7 @@ def render_preview(
         camera=camera,
         dialogue=dialogue,
         overlay=overlay,
+        shots=shots,
     )
 
 
@@ -334,35 +368,76 @@ def _render(
     dialogue: str | None = None,
     overlay: bool = True,
     stop: threading.Event | None = None,
+    shots: list[dict[str, Any]] | None = None,
 ) -> None:
     if width % 2 or height % 2 or width <= 0 or height <= 0:
         raise ValueError(f"preview size must be positive and even (yuv420p), got {width}x{height}")
     if camera not in CAMERA_MOVES:
         raise ValueError(f"unknown camera move {camera!r}; expected one of {', '.join(CAMERA_MOVES)}")
-    n = max(1, round(duration_s * fps))
     size = (width, height)
+    if shots:  # a multi-shot group: each shot's pictures in turn, a hard cut between them
+        for shot in shots:
+            if (shot.get("camera") or "static") not in CAMERA_MOVES:
+                raise ValueError(f"unknown camera move {shot['camera']!r} in shot {shot.get('title')!r}")
+        last = len(shots) - 1
+        frames = itertools.chain.from_iterable(
+            _pictures(
+                size,
+                fps,
+                max(1, round(float(shot["duration_s"]) * fps)),
+                seed,
+                str(shot.get("prompt") or ""),
+                str(shot.get("title") or ""),
+                start_image if k == 0 else None,
+                end_image if k == last else None,
+                str(shot.get("camera") or "static"),
+                shot.get("dialogue"),
+                overlay,
+                hue_shift=k * _GROUP_HUE_STEP,  # a different card colour per shot: the cuts show
+            )
+            for k, shot in enumerate(shots)
+        )
+    else:
+        n = max(1, round(duration_s * fps))
+        frames = _pictures(
+            size, fps, n, seed, prompt, title, start_image, end_image, camera, dialogue, overlay
+        )
+    _encode(Path(dest), frames, size, fps, stop)
 
-    def frames() -> Iterator[_Planes]:
-        # A generator, so that even the image loading runs on the frame-making thread.
-        slate = None
-        if overlay:
-            # On a title card the dialogue sits above the progress bar, not over it.
-            above = _bar_top(size) if start_image is None else None
-            slate = _Slate(size, fps, title, dialogue, dialogue_bottom=above)
-        if start_image is not None:
-            pictures = _animate_keyframe(_open_rgb(start_image), size, n, camera)
-        else:
-            top = slate.top_bottom if slate else 0
-            bottom = slate.dialogue_top if slate else None
-            pictures = _title_card(size, n, fps, seed, prompt, title, reserved=(top, bottom))
-        if end_image is not None:
-            end = _to_planes(ImageOps.fit(_open_rgb(end_image), size, Image.LANCZOS))
-            pictures = _crossfade_to(pictures, end, n)
-        if slate is not None:
-            pictures = slate.burn_into(pictures)
-        yield from pictures
 
-    _encode(Path(dest), frames(), size, fps, stop)
+def _pictures(
+    size: tuple[int, int],
+    fps: int,
+    n: int,
+    seed: int,
+    prompt: str,
+    title: str,
+    start_image: Path | None,
+    end_image: Path | None,
+    camera: str,
+    dialogue: str | None,
+    overlay: bool,
+    hue_shift: float = 0.0,
+) -> Iterator[_Planes]:
+    """One shot's `n` pictures: the keyframe animated, else the title card; the slate burned in.
+    A generator, so that even the image loading runs on the frame-making thread."""
+    slate = None
+    if overlay:
+        # On a title card the dialogue sits above the progress bar, not over it.
+        above = _bar_top(size) if start_image is None else None
+        slate = _Slate(size, fps, title, dialogue, dialogue_bottom=above)
+    if start_image is not None:
+        pictures = _animate_keyframe(_open_rgb(start_image), size, n, camera)
+    else:
+        top = slate.top_bottom if slate else 0
+        bottom = slate.dialogue_top if slate else None
+        pictures = _title_card(size, n, fps, seed, prompt, title, reserved=(top, bottom), hue_shift=hue_shift)
+    if end_image is not None:
+        end = _to_planes(ImageOps.fit(_open_rgb(end_image), size, Image.LANCZOS))
+        pictures = _crossfade_to(pictures, end, n)
+    if slate is not None:
+        pictures = slate.burn_into(pictures)
+    yield from pictures
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -499,10 +574,11 @@ def _wrap(text: str, font: Any, max_width: float, max_lines: int) -> list[str]:
 # --- the text-to-video title card -----------------------------------------------------------
 
 
-def _card_background(size: tuple[int, int], seed: int) -> Image.Image:
-    """A dark, seed-coloured vertical gradient with seeded grain: the seed is visible."""
+def _card_background(size: tuple[int, int], seed: int, hue_shift: float = 0.0) -> Image.Image:
+    """A dark, seed-coloured vertical gradient with seeded grain: the seed is visible (`hue_shift`
+    turns the hue: each shot of a multi-shot group has its own)."""
     rng = np.random.default_rng(seed % 2**64)
-    hue = rng.random()
+    hue = (rng.random() + hue_shift) % 1
     top = np.array(colorsys.hsv_to_rgb(hue, 0.55, 0.30)) * 255
     bottom = np.array(colorsys.hsv_to_rgb((hue + 0.08) % 1, 0.65, 0.10)) * 255
     w, h = size
@@ -519,12 +595,17 @@ def _bar_top(size: tuple[int, int]) -> int:
 
 
 def _static_card(
-    size: tuple[int, int], seed: int, prompt: str, title: str, reserved: tuple[int, int | None] = (0, None)
+    size: tuple[int, int],
+    seed: int,
+    prompt: str,
+    title: str,
+    reserved: tuple[int, int | None] = (0, None),
+    hue_shift: float = 0.0,
 ) -> Image.Image:
     """The card's fixed text. `reserved`: the slate's rows at the top (its bottom edge) and
     above the progress bar (the dialogue's top edge, or None), which the text keeps clear of."""
     w, h = size
-    card = _card_background(size, seed)
+    card = _card_background(size, seed, hue_shift)
     draw = ImageDraw.Draw(card)
     short = min(w, h)
     margin = round(w * 0.07)
@@ -571,10 +652,11 @@ def _title_card(
     prompt: str,
     title: str,
     reserved: tuple[int, int | None] = (0, None),
+    hue_shift: float = 0.0,
 ) -> Iterator[_Planes]:
     # The text is drawn and converted once; per frame only the bottom strip (progress bar and
     # timecode) is redrawn and converted, then pasted over a copy of the card's planes.
-    card = _static_card(size, seed, prompt, title, reserved)
+    card = _static_card(size, seed, prompt, title, reserved, hue_shift)
     base = _to_planes(card)
     reformatter = VideoReformatter()
     w, h = size
@@ -887,14 +969,15 @@ class PreviewProvider(Provider):
             seed=seed,
         )
 
-    async def download(self, url: str, dest: Path) -> int:
+    async def download(self, url: str, dest: Path) -> Download:
         source = _local_path(url)
         if not source.is_file():
             raise RequestFailed(f"preview output {source.name} is missing")
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(shutil.copyfile, source, dest)
-        return dest.stat().st_size
+        async with ClipSink(Path(dest)) as sink:
+            with source.open("rb") as f:
+                while block := await asyncio.to_thread(f.read, ClipSink.BLOCK):
+                    await sink.write(block)
+        return sink.result()
 
     async def cancel(self, submission: Submission) -> None:
         task = self._tasks.get(submission.request_id)
@@ -932,6 +1015,7 @@ class PreviewProvider(Provider):
             "end_image": _local_path(end) if end else None,
             "camera": payload.get("camera_move") or camera_move(prompt),
             "dialogue": str(payload.get("dialogue") or "") or None,
+            "shots": _shot_settings(payload.get("multi_prompt")),
         }
 
     async def _run(self, request_id: str, settings: dict[str, Any], stop: threading.Event) -> int:
@@ -951,6 +1035,25 @@ class PreviewProvider(Provider):
             return int(json.loads(sidecar.read_text(encoding="utf-8"))["seed"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def _shot_settings(items: Any) -> list[dict[str, Any]] | None:
+    """A multi-shot payload's `multi_prompt` items as what each shot's part of the clip shows."""
+    if not items:
+        return None
+    shots = []
+    for item in items:
+        prompt = str(item.get("prompt") or "")
+        shots.append(
+            {
+                "duration_s": float(item.get("duration") or 5),
+                "prompt": str(item.get("caption") or prompt),
+                "title": str(item.get("title") or ""),
+                "camera": item.get("camera_move") or camera_move(prompt),
+                "dialogue": str(item.get("dialogue") or "") or None,
+            }
+        )
+    return shots
 
 
 def _render_job(final: Path, stop: threading.Event, settings: dict[str, Any]) -> None:
