@@ -241,6 +241,14 @@ RULES: dict[str, Check] = {
     "provider.reconcile.margin_s": number(),
     "provider.reconcile.skew_s": number(),
     "provider.latency_s": number(),
+    "provider.base_url": lambda v: (
+        None if isinstance(v, str) and v.startswith(("http://", "https://")) else "must be an http(s) URL"
+    ),
+    "provider.poll_max_s": number(above=True),
+    "provider.cancel_after": number(5, null="for no deadline"),
+    "provider.data_url_max_bytes": whole(0, what="a number of bytes"),
+    "provider.retry.max_retry_after_s": number(),
+    "provider.retry.kinds": mapping,
     "provider.fps": whole(1, what="frames per second"),
 }
 SETTING_RULES: dict[str, Check] = {"audio": lambda v: None if v is None else boolean(v)}
@@ -294,7 +302,10 @@ def _unused_settings(settings: Mapping[str, Any], model: Any, provider: Any) -> 
         used |= set(block.get("fields") or {})
         for mode in (block.get("modes") or {}).values():
             used |= set((mode or {}).get("fields") or {})
-        for rate in (model.get("pricing") or {}).get("rates") or ():
+        for tier in (block.get("tiers") or {}).values():  # a provider's own spelling of a tier
+            used |= set(tier or {})
+        pricing = block.get("pricing") or model.get("pricing") or {}  # the provider's own rates win
+        for rate in pricing.get("rates") or ():
             used |= set((rate or {}).get("when") or {})
     model_name, provider_name = model.get("name", "?"), provider.get("name", "?")
     return [

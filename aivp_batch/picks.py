@@ -164,7 +164,9 @@ def apply(take: Take, sweep_dir: Path) -> dict[str, Any]:
     os.replace(part, dest)
     stat = dest.stat()
     identity = take.log.get("identity")
-    if identity and take.store_dir != take.member_store:
+    # A part of a multi-shot group is not its job's clip: the group's own record stays in the
+    # member's store (the take's shot clip is copied, its group is not adopted).
+    if identity and take.store_dir != take.member_store and not take.log.get("group"):
         journal, theirs = Journal(take.store_dir), Journal(take.member_store)
         if (journal.get(str(identity)) or {}).get("status") != DONE and (record := theirs.get(str(identity))):
             stored = journal.clip_path(str(identity))

@@ -316,3 +316,18 @@ def test_a_keyframe_that_is_a_directory_is_one_line_not_a_silent_t2v(film: Path,
         "image/frames/shot-01-ff.png is a directory, not an image file"
     ]
     assert not (film / "video/clips").exists()
+
+
+def test_replicate_provider_knobs_are_checked(compose_cfg) -> None:
+    from aivp_batch.config_check import check_config
+    from aivp_batch.errors import ConfigError
+
+    check_config(compose_cfg("provider=replicate", "model=veo31"))  # the packaged values pass
+    for override, says in (
+        ("provider.cancel_after=2", "provider.cancel_after=2: must be a number of seconds ≥ 5"),
+        ("provider.base_url=api.replicate.com", "provider.base_url=api.replicate.com: must be an http(s) URL"),
+        ("provider.data_url_max_bytes=-1", "provider.data_url_max_bytes=-1: must be a number of bytes ≥ 0"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            check_config(compose_cfg("provider=replicate", "model=veo31", override))
+        assert says in str(err.value)

@@ -182,3 +182,50 @@ def test_the_command_line_renders_on_replicate(rep, film, tmp_path) -> None:
     assert {log["endpoint"] for log in got.values()} == {"kwaivgi/kling-v2.5-turbo-pro"}
     assert got["shot-01"]["payload"]["start_image"].startswith(rep.url)  # Kling 2.5's own field name
     assert rep.stats.creates == 2 and TOKEN not in proc.stdout + proc.stderr
+
+
+def test_a_sweep_across_fal_and_replicate_on_the_two_fakes(rep, film, tmp_path) -> None:
+    """One model family on two hosts: `-m provider=…` over fal's fake and Replicate's fake, each a
+    provider option of the user's own (extending the packaged one) that points at its fake."""
+    from conftest import FAL_TEST_KEY
+
+    from aivp_batch.testing.fal_server import FakeFal
+
+    conf = tmp_path / "conf" / "provider"
+    conf.mkdir(parents=True)
+    with FakeFal(key=FAL_TEST_KEY, latency_s=0.2) as fal:
+        fal_urls = "\n".join(
+            f"{k}: {fal.url}" for k in ("queue_url", "rest_url", "cdn_url", "schema_url", "api_url")
+        )
+        (conf / "fal_fake.yaml").write_text(
+            f"defaults:\n  - fal\n  - _self_\n{fal_urls}\npoll_interval: 0.05\n"
+        )
+        (conf / "replicate_fake.yaml").write_text(
+            f"defaults:\n  - replicate\n  - _self_\nbase_url: {rep.url}\n"
+            "poll_interval: 0.05\npoll_max_s: 0.1\n"
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("FAL_KEY", "REPLICATE_API_TOKEN")},
+            "AIVP_CONFIG_DIR": str(tmp_path / "conf"),
+            "FAL_KEY": FAL_TEST_KEY,
+            "REPLICATE_API_TOKEN": TOKEN,
+            "HOME": str(tmp_path),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "aivp_batch", "-m", f"project_dir={film}",
+             "provider=fal_fake,replicate_fake", "model=veo31", "tier=iteration", "shots=[1,3]",
+             f"schema_cache_dir={tmp_path / 'schemas'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert fal.stats.calls["submit"] == 2 and rep.stats.creates == 2
+    assert "sweep: 2/2 members ok" in proc.stdout
+    for member, host in (("provider=fal_fake", "fal"), ("provider=replicate_fake", "replicate")):
+        got = {
+            p.stem: json.loads(p.read_text())
+            for p in (tmp_path / "sweep" / member / "video/log").glob("*.json")
+        }
+        assert sorted(got) == ["shot-01", "shot-03"] and {log["provider"] for log in got.values()} == {host}
+        assert all(log["status"] == "done" for log in got.values())
+    rows = json.loads((tmp_path / "sweep/index.json").read_text())["rows"]
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)  # two hosts' takes side by side
