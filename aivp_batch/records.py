@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,18 @@ PLAN_HEADER = (
 NO_SEED = "—, not taken by this model"
 _NOTE_CHARS = 160
 
-# Journal statuses: `submitted` (a request id exists), `done`, `failed` (final; resubmittable),
-# `unknown` (a submit whose answer was lost: never resubmitted automatically).
-SUBMITTED, DONE, FAILED, UNKNOWN = "submitted", "done", "failed", "unknown"
+
+
+class JobState(StrEnum):
+    """A job's state in the journal. A `str`, so records stay plain JSON and read back as equal."""
+
+    SUBMITTED = "submitted"  # a request id exists: re-attach to it, never submit again
+    DONE = "done"  # the clip is in the store and paid for
+    FAILED = "failed"  # final; safe to submit again
+    UNKNOWN = "unknown"  # a submit whose answer was lost: never resubmitted automatically
+
+
+SUBMITTED, DONE, FAILED, UNKNOWN = JobState.SUBMITTED, JobState.DONE, JobState.FAILED, JobState.UNKNOWN
 
 
 def now_iso() -> str:
@@ -61,9 +71,8 @@ class Journal:
         return data
 
     async def aput(self, identity: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        """`put` from a worker thread: the fsync (which on ext4 also flushes other files' dirty data,
-        e.g. clips being downloaded) waits there, not on the event loop; the caller still waits for
-        it before going on, so the record is durable before the step it guards."""
+        """`put` from a worker thread (its fsync waits there, not on the event loop); the caller
+        still waits for it, so the record is durable before the step it guards."""
         return await asyncio.to_thread(self.put, identity, record)
 
     def clip_path(self, identity: str) -> Path:

@@ -348,7 +348,7 @@ class _JobRun:
             "sent_at": time.time(),
             "start_timeout": self.provider.start_timeout,
         }
-        await self.ctx.journal.aput(job.identity, sending)
+        self.ctx.journal.put(job.identity, sending)
         try:
             submission = await self.provider.submit(job.endpoint, payload)
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
@@ -365,7 +365,7 @@ class _JobRun:
             self._journal_failure(base, exc)
             await ledger.release(job.key, job.identity, "submit refused")
             return self.refuse(str(exc))
-        journal = await self.ctx.journal.aput(
+        journal = self.ctx.journal.put(
             job.identity,
             {
                 **base,
@@ -513,7 +513,7 @@ class _JobRun:
                 cut["parts"] = await self._cut_parts([None] * len(job.shots), clip)
             except (MediaError, OSError) as exc:  # paid for all the same: journalled, never bought again
                 cut["parts"], uncut = None, exc
-        done = await self.ctx.journal.aput(
+        done = self.ctx.journal.put(
             job.identity,
             {
                 **record,

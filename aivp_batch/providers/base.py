@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +87,7 @@ class Download:
 class ClipSink:
     """Where a provider writes a download: the bytes are hashed on their way to disk (the clip is
     never read a second time to hash it), and gathered into blocks written from a worker thread,
-    so a big clip never stalls the event loop; the last block and the fsync happen there too.
+    so a big clip never stalls the event loop.
     `async with ClipSink(dest) as sink: await sink.write(chunk)`."""
 
     BLOCK = 1 << 20
@@ -123,19 +122,11 @@ class ClipSink:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
-            await asyncio.to_thread(self._finish)  # the paid-for clip is on disk before it is recorded
-        elif self._file is not None:
-            self._file.close()
-
-    def _finish(self) -> None:
         assert self._file is not None
         try:
-            if self._buffer:
-                self._put(bytes(self._buffer))
+            if exc_type is None and self._buffer:
+                self._put(bytes(self._buffer))  # the tail: under one block, written inline
                 self._buffer = bytearray()
-            self._file.flush()
-            os.fsync(self._file.fileno())
         finally:
             self._file.close()
 

@@ -23,27 +23,24 @@ import hashlib
 import json
 import math
 import mimetypes
-import random
 import re
-import shutil
-import socket
-import struct
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from ..snapshot import SNAPSHOT_DIR, Snapshot
 from .clips import clip_for
 from .faults import Fault, FaultPlan
+from .http_fake import Answered as _Answered
+from .http_fake import FakeHandler, ThreadedFake, seed_of
+from .http_fake import Reset as _Reset
 
 __all__ = ["FakeFal", "FalStats", "Fault", "FaultPlan", "Job", "clip_for", "parse_duration", "payload_hash"]
 
@@ -52,7 +49,6 @@ _NGINX_HTML = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
     "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
-_CHUNK = 64 * 1024
 _MAX_IDS = 50  # endpoint_id values the platform APIs take per call
 _HISTORY_STATUS = {"success": range(200, 300), "user_error": range(400, 500), "error": range(500, 600)}
 
@@ -215,7 +211,7 @@ class FalStats:
 # --------------------------------------------------------------------------- server
 
 
-class FakeFal:
+class FakeFal(ThreadedFake):
     """A fal look-alike on `host:port` (port 0 = any free port). Use as a context manager.
 
     Timeline of a job: IN_QUEUE for `latency_s * queue_fraction` seconds (positions counting down
@@ -258,6 +254,7 @@ class FakeFal:
         prices: dict[str, tuple[float, str]] | None = None,
         billable_units: Callable[[Any], float | None] | None = None,
     ) -> None:
+        super().__init__(host, port)
         self.schemas_dir = Path(schemas_dir) if schemas_dir else SNAPSHOT_DIR  # the bundled snapshot
         self.key = key
         self.latency_s = latency_s
@@ -277,27 +274,18 @@ class FakeFal:
         self.stats._settle = self._settle_billing
         self._billing_frozen = False
         self.jobs: dict[str, Job] = {}
-        self._host, self._port = host, port
-        self._lock = threading.Lock()
         self._catalog_lock = threading.Lock()
         self._tokens: dict[str, float] = {}
         self._catalog: list[dict[str, Any]] | None = None
-        self._stopping = threading.Event()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmp: Path | None = None
 
-    # lifecycle -------------------------------------------------------------
-    def start(self) -> FakeFal:
-        self._tmp = Path(tempfile.mkdtemp(prefix="fakefal-"))
-        (self._tmp / "up").mkdir()
-        self._httpd = _Server((self._host, self._port), _Handler)
-        self._httpd.fal = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="FakeFal", daemon=True
-        )
-        self._thread.start()
-        return self
+    # lifecycle (start, stop, context manager, port, url: ThreadedFake) ---------------------
+    _name = "FakeFal"
+
+    def _handler(self) -> type[FakeHandler]:
+        return _Handler
+
+    def _prepare_tmp(self, tmp: Path) -> None:
+        (tmp / "up").mkdir()
 
     def stop(self) -> None:
         self._settle_billing()
@@ -306,41 +294,9 @@ class FakeFal:
         with self._lock:
             for job in self.jobs.values():
                 job.wake.set()  # let SSE threads finish
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        super().stop()
 
-    def __enter__(self) -> FakeFal:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd, "FakeFal is not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
-
-    # state ----------------------------------------------------------------
-    def count(self, kind: str) -> None:
-        with self._lock:
-            self.stats.calls[kind] += 1
-
-    def fault(self, on: str, subject: str) -> Fault | None:
-        f = self.faults.take(on, subject)
-        if f:
-            with self._lock:
-                self.stats.faults_fired[f"{on}:{f.kind}"] += 1
-        return f
-
+    # state (count, fault: ThreadedFake) ----------------------------------------------------
     def create_job(
         self,
         endpoint: str,
@@ -389,7 +345,7 @@ class FakeFal:
             endpoint=endpoint,
             payload=payload,
             headers=headers,
-            seed=_seed_of(payload),
+            seed=seed_of(payload),
             timeline=[],
             sent_wall=time.time(),
             units=self.units_for(payload),
@@ -578,13 +534,6 @@ def _drop_unstarted(job: Job, at: float, detail: str, error_type: str) -> None:
     )
 
 
-def _seed_of(payload: Any) -> int:
-    seed = payload.get("seed") if isinstance(payload, dict) else None
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return seed
-    return random.randint(0, 2**31 - 1)
-
-
 def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
     if not schemas_dir or not schemas_dir.is_dir():
         return []
@@ -613,66 +562,25 @@ def _load_catalog(schemas_dir: Path | None) -> list[dict[str, Any]]:
     return models
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 256  # many clients connect at once (the default backlog is 5)
-    fal: FakeFal
-
-
-class _Reset(Exception):
-    """Raised inside a handler to drop the connection with an RST."""
-
-
-class _Answered(Exception):
-    """Raised inside a handler once an error response (fault, auth, 404) has been sent."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like fal's gateway
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms ACK stalls
-    server: _Server
-    timeout = 60
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        if self.server.fal.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+class _Handler(FakeHandler):
+    """fal's routes on the shared plumbing (`FakeHandler`); PUT too, for cancel."""
 
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
     # plumbing ---------------------------------------------------------------
     @property
     def fal(self) -> FakeFal:
-        return self.server.fal
+        return self.server.fake  # type: ignore[no-any-return]
 
-    def _dispatch(self, method: str) -> None:
+    def _begin(self) -> None:
+        super()._begin()
         self._body_read = False
-        self._reset_after = False
-        url = urlsplit(self.path)
-        self.query = parse_qs(url.query, keep_blank_values=True)
-        segs = [s for s in url.path.split("/") if s]
-        try:
-            try:
-                self._route(method, segs)
-            except _Answered:
+
+    def _drain_body(self) -> None:
+        if not self._body_read:
+            for _ in self._body_chunks():
                 pass
-            if not self._body_read:  # an unread body would corrupt the next request on this connection
-                for _ in self._body_chunks():
-                    pass
-        except _Reset:
-            self._reset()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
 
     def _route(self, method: str, segs: list[str]) -> None:
         url = urlsplit(self.path)
@@ -713,67 +621,35 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 yield self.rfile.read(size)
                 self.rfile.readline()
-        left = int(self.headers.get("Content-Length") or 0)
-        while left > 0:
-            chunk = self.rfile.read(min(left, _CHUNK))
-            if not chunk:
-                raise ConnectionResetError("client closed mid-body")
-            left -= len(chunk)
-            yield chunk
+        yield from self._length_chunks()
 
     def _body(self) -> bytes:
         return b"".join(self._body_chunks())
-
-    @property
-    def base(self) -> str:
-        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        return f"http://{host}"
 
     def _send(
         self,
         code: int,
         body: bytes,
         content_type: str,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         request_id: str | None = "",
     ) -> None:
-        if self._reset_after:
-            raise _Reset
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if request_id is not None:  # fal's gateway marks its responses; ingress (nginx) does not
-            self.send_header("x-fal-request-id", request_id or str(uuid.uuid4()))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        # fal's gateway marks its responses with x-fal-request-id; ingress (nginx) does not
+        marks = [] if request_id is None else [("x-fal-request-id", request_id or str(uuid.uuid4()))]
+        self._respond(code, body, content_type, [*marks, *(headers or {}).items()])
 
     def _json(
-        self, code: int, obj: Any, headers: dict[str, str] | None = None, request_id: str | None = ""
+        self, code: int, obj: Any, headers: Mapping[str, str] | None = None, request_id: str | None = ""
     ) -> None:
         self._send(code, json.dumps(obj).encode(), "application/json", headers, request_id)
-
-    def _reset(self) -> None:
-        """Drop the connection with an RST, no response (SO_LINGER 0)."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()  # the makefile holds a reference that would delay the real close
-            self.connection.close()
-        except OSError:
-            pass
 
     def _apply_fault(self, on: str, subject: str = "") -> Fault | None:
         """Count the call and apply a fault that replaces the response (raising `_Answered` or
         `_Reset`); return the others (slow, reset_after, truncate, fail_generation, …) to the caller."""
-        self.fal.count(on)
-        f = self.fal.fault(on, subject or self.path)
-        if f is None:
-            return None
-        if f.kind == "slow":
-            time.sleep(f.seconds)
-        elif f.kind == "429":
+        f = self._take_fault(on, subject or self.path)
+        if f is None or f.kind == "slow":
+            return f  # type: ignore[no-any-return]
+        if f.kind == "429":
             retry = {} if f.retry_after is None else {"Retry-After": str(f.retry_after)}
             if on in ("history", "pricing"):
                 self._platform_error(429, "rate_limited", "Rate limit exceeded", retry)
@@ -1086,7 +962,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not re.fullmatch(r"[0-9a-f]{64}\.[A-Za-z0-9]{1,8}", name) or not path.is_file():
             self._json(404, {"detail": "File not found"}, request_id=None)
             return
-        self._file(path, mimetypes.guess_type(name)[0] or "application/octet-stream", truncate=False)
+        self._send_file(path, mimetypes.guess_type(name)[0] or "application/octet-stream", truncate=False)
 
     def _download(self, name: str) -> None:
         f = self._apply_fault("download")
@@ -1094,28 +970,7 @@ class _Handler(BaseHTTPRequestHandler):
         if job is None or job.failure or not job.completed(time.monotonic()):
             self._json(404, {"detail": "File not found"}, request_id=None)
             return
-        self._file(self.fal.video_for(job), "video/mp4", truncate=f is not None and f.kind == "truncate")
-
-    def _file(self, path: Path, content_type: str, truncate: bool) -> None:
-        """Stream a file from disk with Content-Length (constant memory)."""
-        if self._reset_after:
-            raise _Reset
-        size = path.stat().st_size
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
-        limit = size // 2 if truncate else size
-        with path.open("rb") as fh:
-            sent = 0
-            while sent < limit:
-                chunk = fh.read(min(_CHUNK, limit - sent))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                sent += len(chunk)
-        if truncate:
-            raise _Reset
+        self._send_file(self.fal.video_for(job), "video/mp4", truncate=f is not None and f.kind == "truncate")
 
     # discovery ----------------------------------------------------------------
     def _schema(self) -> None:
@@ -1195,13 +1050,7 @@ def main(argv: list[str] | None = None) -> None:
         verbose=args.verbose,
         history_lag_s=args.history_lag,
     )
-    with fal:
-        print(f"fake fal listening on {fal.url} (key {args.key!r}); Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    fal.serve_until_interrupted("fake fal", f"key {args.key!r}")
 
 
 if __name__ == "__main__":

@@ -62,23 +62,16 @@ import copy
 import hashlib
 import json
 import os
-import random
 import re
-import shutil
-import socket
-import struct
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from typing import Any, Self
+from urllib.parse import urlencode, urlsplit
 
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
@@ -86,6 +79,9 @@ from referencing.jsonschema import DRAFT202012
 
 from .clips import clip_for
 from .faults import FaultPlan
+from .http_fake import Answered as _Answered
+from .http_fake import FakeHandler, ThreadedFake, seed_of
+from .http_fake import Reset as _Reset
 
 __all__ = [
     "CALL_KINDS",
@@ -118,7 +114,6 @@ FAULT_KINDS = frozenset(
     {"429", "500", "502", "503", "504", "reset", "reset_after", "slow", "fail", "truncate"}
 )
 TERMINAL = ("succeeded", "failed", "canceled", "aborted")
-_CHUNK = 64 * 1024
 _PROBLEM = "application/problem+json"
 _CREATE_KEYS = {"input", "webhook", "webhook_events_filter", "stream"}
 _MAX_WAIT_S = 60
@@ -209,13 +204,6 @@ def _quantise(epoch: float) -> float:
 
 def _prediction_id() -> str:
     return base64.b32encode(os.urandom(16)).decode().lower().rstrip("=")[:26]
-
-
-def _seed_of(payload: Any) -> int:
-    seed = payload.get("seed") if isinstance(payload, dict) else None
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return seed
-    return random.randint(0, 2**31 - 1)
 
 
 def _duration_of(payload: Any) -> float:
@@ -424,7 +412,7 @@ def _json_type(error: ValidationError) -> str:
 # --------------------------------------------------------------------------- server
 
 
-class FakeReplicate:
+class FakeReplicate(ThreadedFake):
     """A Replicate look-alike on `host:port` (port 0 = any free port). Use as a context manager.
 
     models: `owner/name` → model object (default: the bundled `replicate_schemas/`); `token`: the
@@ -455,6 +443,7 @@ class FakeReplicate:
         username: str = "aivp-test",
         verbose: bool = False,
     ) -> None:
+        super().__init__(host, port)
         self.token = token
         self.latency_s = latency_s
         self.models: dict[str, dict[str, Any]] = {
@@ -482,44 +471,19 @@ class FakeReplicate:
         for name, model in self.models.items():
             if model.get("latest_version"):
                 self._versions[model["latest_version"]["id"]] = (name, model["latest_version"])
-        self._host, self._port = host, port
         self._bound_port = 0
-        self._lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmp: Path | None = None
-        self._stopping = threading.Event()
 
-    # lifecycle -------------------------------------------------------------
-    def start(self) -> FakeReplicate:
-        self._tmp = Path(tempfile.mkdtemp(prefix="fakereplicate-"))
-        self._httpd = _Server((self._host, self._port), _Handler)
-        self._httpd.rep = self
+    # lifecycle (start, stop, context manager, url: ThreadedFake) ---------------------------
+    _name = "FakeReplicate"
+
+    def _handler(self) -> type[FakeHandler]:
+        return _Handler
+
+    def start(self) -> Self:
+        super().start()
+        assert self._httpd
         self._bound_port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="FakeReplicate",
-            daemon=True,
-        )
-        self._thread.start()
         return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-
-    def __enter__(self) -> FakeReplicate:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -528,10 +492,6 @@ class FakeReplicate:
             self._bound_port = self._httpd.server_address[1]
         assert self._bound_port, "FakeReplicate was never started"
         return self._bound_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
 
     # models ---------------------------------------------------------------
     def add_version(self, model: str, openapi_schema: dict[str, Any], latest: bool = False) -> str:
@@ -560,18 +520,7 @@ class FakeReplicate:
                 self._validators[version_id] = _input_validator(found[1]["openapi_schema"])
             return self._validators[version_id]
 
-    # state ----------------------------------------------------------------
-    def count(self, kind: str) -> None:
-        with self._lock:
-            self.stats.calls[kind] += 1
-
-    def fault(self, on: str, subject: str) -> ReplicateFault | None:
-        f = self.faults.take(on, subject)
-        if f is not None:
-            with self._lock:
-                self.stats.faults_fired[f"{on}:{f.kind}"] += 1
-        return f  # type: ignore[return-value]
-
+    # state (count, fault: ThreadedFake) ----------------------------------------------------
     def create(
         self,
         model: str,
@@ -599,7 +548,7 @@ class FakeReplicate:
             created=now,
             start_at=start,
             end_at=now + self.latency_s,
-            seed=_seed_of(payload),
+            seed=seed_of(payload),
             source=source,
             duration_s=_duration_of(payload),
             output_shape=self.output_shape,
@@ -717,66 +666,20 @@ class FakeReplicate:
         return stored
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 256
-    rep: FakeReplicate
-
-
-class _Reset(Exception):
-    """Drop the connection with an RST, no response."""
-
-
-class _Answered(Exception):
-    """An error response has been sent."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Server
-    timeout = 60
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        if self.server.rep.verbose:
-            super().log_message(format, *args)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+class _Handler(FakeHandler):
+    """Replicate's routes on the shared plumbing (`FakeHandler`); every answer has rate-limit headers."""
 
     # plumbing ---------------------------------------------------------------
     @property
     def rep(self) -> FakeReplicate:
-        return self.server.rep
+        return self.server.fake  # type: ignore[no-any-return]
 
-    @property
-    def base(self) -> str:
-        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        return f"http://{host}"
-
-    def _dispatch(self, method: str) -> None:
+    def _begin(self) -> None:
+        super()._begin()
         self._raw: bytes | None = None
-        self._reset_after = False
-        url = urlsplit(self.path)
-        self.query = parse_qs(url.query, keep_blank_values=True)
-        segs = [s for s in url.path.split("/") if s]
-        try:
-            try:
-                self._route(method, segs)
-            except _Answered:
-                pass
-            self._body()  # an unread body would corrupt the next request on this connection
-        except _Reset:
-            self._reset()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
+
+    def _drain_body(self) -> None:
+        self._body()
 
     def _route(self, method: str, segs: list[str]) -> None:
         if segs == ["v1", "account"] and method == "GET":
@@ -805,34 +708,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self._raw is None:
-            left = int(self.headers.get("Content-Length") or 0)
-            chunks = []
-            while left > 0:
-                chunk = self.rfile.read(min(left, _CHUNK))
-                if not chunk:
-                    raise ConnectionResetError("client closed mid-body")
-                left -= len(chunk)
-                chunks.append(chunk)
-            self._raw = b"".join(chunks)
+            self._raw = b"".join(self._length_chunks())
         return self._raw
 
-    def _send(
-        self, code: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        if self._reset_after:
-            raise _Reset
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ratelimit-remaining", "599")
-        self.send_header("ratelimit-reset", "1")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any, headers: Mapping[str, str] | None = None) -> None:
-        self._send(code, json.dumps(obj).encode(), "application/json", headers)
+    def _default_headers(self) -> Iterable[tuple[str, str]]:
+        return (("ratelimit-remaining", "599"), ("ratelimit-reset", "1"))
 
     def _problem(
         self,
@@ -847,25 +727,13 @@ class _Handler(BaseHTTPRequestHandler):
             body["title"] = title
         self._send(code, json.dumps(body).encode(), _PROBLEM, headers)
 
-    def _reset(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.connection.close()
-        except OSError:
-            pass
-
     def _apply_fault(self, on: str, subject: str = "") -> ReplicateFault | None:
         """Count the call; apply a fault that replaces the answer now, or return it (`slow` has
         slept already; `fail`, `truncate` and applied ones are the caller's to act on)."""
-        self.rep.count(on)
-        f = self.rep.fault(on, f"{self.command} {self.path} {subject}")
-        if f is None:
-            return None
-        if f.kind == "slow":
-            time.sleep(f.seconds)
-        elif f.kind == "429":
+        f = self._take_fault(on, f"{self.command} {self.path} {subject}")
+        if f is None or f.kind == "slow":
+            return f  # type: ignore[no-any-return]
+        if f.kind == "429":
             self._throttle(f)
         elif f.kind in ("500", "502", "503", "504") and not f.applied:
             self._server_error(int(f.kind))
@@ -1159,7 +1027,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not download:
             self._json(200, stored.body(self.base))
             return
-        self._stream(stored.path, stored.content_type, truncate=False)
+        self._send_file(stored.path, stored.content_type, truncate=False)
 
     def _download(self, pid: str) -> None:
         # Like replicate.delivery: signed URLs, no Authorization needed.
@@ -1170,27 +1038,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not Found", "text/plain")
             return
         self._after_work(f)
-        self._stream(self.rep.video_for(pred), "video/mp4", truncate=f is not None and f.kind == "truncate")
-
-    def _stream(self, path: Path, content_type: str, truncate: bool) -> None:
-        if self._reset_after:
-            raise _Reset
-        size = path.stat().st_size
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
-        limit = size // 2 if truncate else size
-        with path.open("rb") as fh:
-            sent = 0
-            while sent < limit:
-                chunk = fh.read(min(_CHUNK, limit - sent))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                sent += len(chunk)
-        if truncate:
-            raise _Reset
+        self._send_file(
+            self.rep.video_for(pred), "video/mp4", truncate=f is not None and f.kind == "truncate"
+        )
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -1246,13 +1096,7 @@ def main(argv: list[str] | None = None) -> None:
     server = FakeReplicate(
         token=args.token, latency_s=args.latency, host=args.host, port=args.port, verbose=args.verbose
     )
-    with server:
-        print(f"fake Replicate listening on {server.url} (token {args.token!r}); Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    server.serve_until_interrupted("fake Replicate", f"token {args.token!r}")
 
 
 if __name__ == "__main__":
