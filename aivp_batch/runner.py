@@ -531,8 +531,8 @@ class _JobRun:
         await ledger.settle(job.key, job.identity, done["cost_usd"], done["cost_source"])
         if uncut is not None:
             return self._uncut(uncut, **_done_fields(done))
-        try:
-            stamps = self._place_clips(done)
+        try:  # a copy of a big clip, off the event loop
+            stamps = await asyncio.to_thread(self._place_clips, done)
         except OSError as exc:
             return self._undelivered(exc, cost_usd=done["cost_usd"])
         self.record(

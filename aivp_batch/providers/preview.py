@@ -828,7 +828,7 @@ def _encode(
     """Mux H.264 video and a silent AAC track of the same length into `dest` (an MP4)."""
     # format= is explicit: the caller writes to a `.part` name, which says nothing about the format.
     with av.open(str(dest), "w", format="mp4", container_options={"movflags": "+faststart"}) as out:
-        video = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "23"})
+        video = out.add_stream("libx264", rate=fps, options=_x264_options(size[0]))
         video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
         # swscale converts RGB with BT.601 limited-range matrices; say so, or HD players assume BT.709.
         cc = video.codec_context
@@ -849,6 +849,24 @@ def _encode(
                 samples_done = target
         out.mux(video.encode(None))
         out.mux(audio.encode(None))
+
+
+def _x264_options(width: int) -> dict[str, str]:
+    """x264 settings for a clip `width` pixels wide that give the same output for the same frames.
+
+    The macroblock-tree rate control (mbtree) is turned off unless the width is a whole number
+    of 8-macroblock (128-pixel) groups. On AVX-512 CPUs x264 propagates each macroblock row's
+    costs 8 macroblocks at a time (`mbtree_propagate_list_avx512`) and does not mask the lanes
+    past the end of the row. In a part-filled last group those lanes read whatever follows the
+    row in memory, at the bottom row old heap contents, and can add it to real macroblocks.
+    When that happens, the same frames encode to different bitstreams from one run to the next,
+    and more often on a busy machine. The 16:9 widths (640, 1280, 1920) keep mbtree and its
+    smaller files.
+    """
+    options = {"preset": "veryfast", "crf": "23"}
+    if -(-width // 16) % 8:
+        options["mbtree"] = "0"
+    return options
 
 
 _T = TypeVar("_T")
