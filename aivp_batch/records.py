@@ -31,7 +31,6 @@ NO_SEED = "—, not taken by this model"
 _NOTE_CHARS = 160
 
 
-
 class JobState(StrEnum):
     """A job's state in the journal. A `str`, so records stay plain JSON and read back as equal."""
 

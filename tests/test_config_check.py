@@ -325,7 +325,7 @@ def test_replicate_provider_knobs_are_checked(compose_cfg) -> None:
     check_config(compose_cfg("provider=replicate", "model=veo31"))  # the packaged values pass
     for override, says in (
         ("provider.cancel_after=2", "provider.cancel_after=2: must be a number of seconds ≥ 5"),
-        ("provider.base_url=api.replicate.com", "provider.base_url=api.replicate.com: must be an http(s) URL"),
+        ("provider.base_url=replicate.com", "provider.base_url=replicate.com: must be an http(s) URL"),
         ("provider.data_url_max_bytes=-1", "provider.data_url_max_bytes=-1: must be a number of bytes ≥ 0"),
     ):
         with pytest.raises(ConfigError) as err:

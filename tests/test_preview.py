@@ -397,6 +397,17 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path, with_imag
         assert _mad(a[0], c[0]) > 1
 
 
+@pytest.mark.parametrize(("width", "mbtree"), [(W, b"mbtree=0"), (256, b"mbtree=1")])
+def test_mbtree_is_off_where_x264_would_make_it_nondeterministic(
+    tmp_path: Path, width: int, mbtree: bytes
+) -> None:
+    # x264's AVX-512 mbtree step handles 8 macroblocks at a time, so on a width that is not a
+    # multiple of 128 pixels it can mix memory left over from earlier into the result
+    # (preview._x264_options). x264 writes its settings into the stream, so they can be read back.
+    clip = _render(tmp_path / "w.mp4", width=width, height=H)
+    assert mbtree in clip.read_bytes()
+
+
 # ------------------------------------------------------------------ the provider
 
 
