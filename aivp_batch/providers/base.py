@@ -10,11 +10,16 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
+
+from ..errors import RequestFailed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,32 @@ class Provider(abc.ABC):
     # Seconds a submitted request may wait to start before the provider drops it unbilled (sent
     # with every submit), or None. It is what makes "that lost submit was never accepted" provable.
     start_timeout: float | None = None
+    client_timeout: float | None = None  # how long `wait` waits before cancelling, or None
+
+    def _clean(self, text: str) -> str:
+        """`text` with the provider's secrets taken out (a provider with a key overrides this)."""
+        return text
+
+    async def _within_client_timeout(
+        self, sub: Submission, waiting: Awaitable[Outcome], noun: str
+    ) -> Outcome:
+        """Await `waiting`; after `client_timeout` s cancel `sub` and fail (the provider may bill it)."""
+        if self.client_timeout is None:
+            return await waiting
+        try:
+            async with asyncio.timeout(self.client_timeout):
+                return await waiting
+        except TimeoutError:
+            try:
+                await self.cancel(sub)
+            except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
+                log.debug(self._clean(f"cancel of {sub.request_id} after timeout failed: {exc}"))
+            raise RequestFailed(
+                f"{sub.endpoint}: timed out after {self.client_timeout:g}s; "
+                f"cancelled {noun} {sub.request_id}",
+                request_id=sub.request_id,
+                may_be_billed=True,
+            ) from None
 
     async def __aenter__(self) -> Provider:
         return self

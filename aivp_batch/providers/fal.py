@@ -473,22 +473,7 @@ class FalProvider(Provider):
     # ------------------------------------------------------------------ wait
     async def wait(self, submission: Submission, on_status: StatusCallback | None = None) -> Outcome:
         sub = self.complete_urls(submission)
-        if self.client_timeout is None:
-            return await self._wait(sub, on_status)
-        try:
-            async with asyncio.timeout(self.client_timeout):
-                return await self._wait(sub, on_status)
-        except TimeoutError:
-            try:
-                await self.cancel(sub)
-            except Exception as exc:  # noqa: BLE001 - the timeout is the error to report
-                log.debug(self._clean(f"cancel of {sub.request_id} after timeout failed: {exc}"))
-            raise RequestFailed(
-                f"{sub.endpoint}: timed out after {self.client_timeout:g}s; "
-                f"cancelled request {sub.request_id}",
-                request_id=sub.request_id,
-                may_be_billed=True,
-            ) from None
+        return await self._within_client_timeout(sub, self._wait(sub, on_status), "request")
 
     async def _wait(self, sub: Submission, on_status: StatusCallback | None) -> Outcome:
         progress = _Progress(on_status)
