@@ -101,11 +101,7 @@ def plan_jobs(
 ) -> Plan:
     """Turn shots into jobs for one model; problems are collected, one line per shot.
     `max_prompt_chars` caps each prompt's length (None: DEFAULT_MAX_PROMPT_CHARS)."""
-    if duration_policy not in ("raise", "strict"):
-        raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
-    cap = DEFAULT_MAX_PROMPT_CHARS if max_prompt_chars is None else int(max_prompt_chars)
-    if cap < 1:
-        raise ConfigError(f"max_prompt_chars={max_prompt_chars} must be at least 1")
+    cap = _prompt_cap(duration_policy, max_prompt_chars)
     rng = rng or random.Random()
     plan = Plan(jobs=[], errors=[])
     for shot in shots:
@@ -127,6 +123,16 @@ def plan_jobs(
         except ConfigError as exc:
             plan.errors.append(str(exc))
     return plan
+
+
+def _prompt_cap(duration_policy: str, max_prompt_chars: int | None) -> int:
+    """Check the planning knobs; the prompt length cap (None: DEFAULT_MAX_PROMPT_CHARS)."""
+    if duration_policy not in ("raise", "strict"):
+        raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
+    cap = DEFAULT_MAX_PROMPT_CHARS if max_prompt_chars is None else int(max_prompt_chars)
+    if cap < 1:
+        raise ConfigError(f"max_prompt_chars={max_prompt_chars} must be at least 1")
+    return cap
 
 
 def _plan_shot(
@@ -590,11 +596,7 @@ def plan_multishot(
     single-shot path (`plan_jobs`) for every shot that renders alone, in shot order; `fallbacks`
     says why each of those is alone. `scene_settings` (grouping.read_scene_settings) is folded into
     the group's items. A model without multi-shot endpoints plans every shot alone."""
-    if duration_policy not in ("raise", "strict"):
-        raise ConfigError(f"duration_policy={duration_policy} is not one of raise, strict")
-    cap = DEFAULT_MAX_PROMPT_CHARS if max_prompt_chars is None else int(max_prompt_chars)
-    if cap < 1:
-        raise ConfigError(f"max_prompt_chars={max_prompt_chars} must be at least 1")
+    cap = _prompt_cap(duration_policy, max_prompt_chars)
     rng = rng or random.Random()
     previous = previous_seeds or {}
     single = dict(
