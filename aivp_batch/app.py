@@ -31,16 +31,16 @@ from .grouping import read_scene_settings
 from .keys import find_key, how_to_set
 from .manifest import load_shots
 from .models import build_model_spec
+from .openapi import EndpointSchema
 from .planning import Job, Plan, plan_jobs, plan_multishot
 from .progress import Progress
 from .providers.base import Provider
 from .reconcile import ReconcilePolicy
 from .records import Journal, PlanBoard, UploadCache, now_iso, read_logs, relpath
 from .runner import JobResult, RunContext, run_jobs
-from .schema_sources import schema_store_for
-from .schemas import EndpointSchema, SchemaStore
+from .schema_store import SchemaStore, schema_store_for
+from .shots import Storyboard, select_shots
 from .store_lock import JobLocks, run_lock
-from .storyboard import Storyboard, select_shots
 from .validation import validate_jobs
 from .versions import versions
 

@@ -44,8 +44,9 @@ from .models import (
     _min_image_px,
     tier_settings,
 )
+from .openapi import EndpointSchema
 from .providers.base import UnitPrice
-from .schemas import EndpointSchema, SchemaStore
+from .schema_store import SchemaStore
 
 # Candidate endpoint fields per generic field, best first; a regex catches other spellings.
 _PROMPT = ("prompt", "text_prompt", "text", "input_text")

@@ -75,7 +75,10 @@ class SweepBudget:
         }
 
     def _write(self, state: dict[str, Any]) -> None:
-        atomic_write_json(self.path, state, pretty=False)
+        # Renamed into place (a killed member leaves the old state or the new, never half), not
+        # fsynced: the file only coordinates live processes and a sweep starts a fresh one, so an
+        # fsync per reservation would only stall every member's event loop (two per clip).
+        atomic_write_json(self.path, state, pretty=False, durable=False)
 
 
 class Ledger:

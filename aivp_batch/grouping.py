@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .models import MultishotLimits
-from .storyboard import Shot
+from .shots import Shot
 
 DEFAULT_SHOT_S = 5  # a shot with no duration (planning's DEFAULT_DURATION_S)
 SCENES_DIR = Path("script/scenes")

@@ -16,18 +16,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from aivp_batch.errors import ConfigError, StoryboardError
-from aivp_batch.storyboard import (
+from aivp_batch.shots import (
     PROMPT_KEYS,
     Shot,
     ShotProblem,
     Storyboard,
+    UnusableShot,
     check_shot_id,
     find_character_refs,
     parse_aspect_ratio,
     parse_duration,
-    read_storyboard,
     resolve_in_project,
 )
+from aivp_batch.storyboard import read_storyboard
 
 LIST_KEYS = frozenset(
     {
@@ -47,10 +48,6 @@ LIST_KEYS = frozenset(
     }
 )
 _FILE = "manifest"
-
-
-class _Unusable(Exception):
-    """A well-formed manifest shot that can't be rendered; becomes a ShotProblem."""
 
 
 def load_shots(manifest: Mapping[str, Any], project_dir: Path | None) -> Storyboard:
@@ -85,7 +82,7 @@ def _from_list(entries: Any, project_dir: Path | None) -> Storyboard:
         seen.add(shot_id)
         try:
             board.shots.append(_list_shot(entry, shot_id, number, project_dir))
-        except _Unusable as exc:
+        except UnusableShot as exc:
             board.problems.append(ShotProblem(_FILE, f"{shot_id}: {exc}", shot_id))
     return board
 
@@ -113,8 +110,8 @@ def _list_shot(entry: Mapping[str, Any], shot_id: str, number: int, project_dir:
         id=shot_id,
         number=number,
         scene=_text(entry, "scene"),
-        duration_s=_duration(entry.get("duration")),
-        aspect_ratio=_aspect(entry.get("aspect_ratio")),
+        duration_s=parse_duration(entry.get("duration")),
+        aspect_ratio=parse_aspect_ratio(entry.get("aspect_ratio")),
         camera_fixed=_flag(entry.get("camera_fixed")),
         prompts=_prompts(entry),
         characters=names,
@@ -132,7 +129,7 @@ def _group(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Unusable(f"group must be a label (a name or a number), not {value!r}")
+        raise UnusableShot(f"group must be a label (a name or a number), not {value!r}")
     return str(value).strip() or None
 
 
@@ -149,10 +146,10 @@ def _prompts(entry: Mapping[str, Any]) -> dict[str, str]:
         known = ", ".join(PROMPT_KEYS)
         raise StoryboardError(_FILE, f"{entry.get('id')}: unknown prompt key {unknown[0]!r} (known: {known})")
     if any(not isinstance(v, str) for v in prompts.values() if v is not None):
-        raise _Unusable("prompt text must be a string")
+        raise UnusableShot("prompt text must be a string")
     result = {k: v.strip() for k, v in prompts.items() if isinstance(v, str) and v.strip()}
     if not result:
-        raise _Unusable("no prompt (give prompt: … or prompts: {seedance, kling, motion})")
+        raise UnusableShot("no prompt (give prompt: … or prompts: {seedance, kling, motion})")
     return result
 
 
@@ -168,8 +165,8 @@ def _from_prompt(manifest: Mapping[str, Any], project_dir: Path | None) -> Story
         shot = Shot(
             id=shot_id,
             number=1,
-            duration_s=_duration(manifest.get("duration")),
-            aspect_ratio=_aspect(manifest.get("aspect_ratio")),
+            duration_s=parse_duration(manifest.get("duration")),
+            aspect_ratio=parse_aspect_ratio(manifest.get("aspect_ratio")),
             camera_fixed=_flag(manifest.get("camera_fixed")),
             prompts={"motion": prompt.strip()},
             # Paths typed on the command line: the user's own choice, so not confined to a project.
@@ -177,7 +174,7 @@ def _from_prompt(manifest: Mapping[str, Any], project_dir: Path | None) -> Story
             end_frame=_image(project_dir, manifest.get("end_image"), "end_image", confine=False),
             negative_prompt=_text(manifest, "negative_prompt"),
         )
-    except _Unusable as exc:
+    except UnusableShot as exc:
         return Storyboard(problems=[ShotProblem(_FILE, f"{shot_id}: {exc}", shot_id)])
     return Storyboard(shots=[shot])
 
@@ -190,43 +187,24 @@ def _image(project_dir: Path | None, value: Any, label: str, *, confine: bool = 
     if value is None or value == "":
         return None
     if not isinstance(value, str | os.PathLike):
-        raise _Unusable(f"{label} must be a path, not {value!r}")
+        raise UnusableShot(f"{label} must be a path, not {value!r}")
     raw = Path(value).expanduser()
     if confine and project_dir is not None:
         path = resolve_in_project(project_dir, raw, _FILE)
     else:
         path = ((project_dir or Path.cwd()) / raw).resolve()
     if path.is_dir():
-        raise _Unusable(f"{label} is a directory, not an image file: {Path(value).as_posix()}")
+        raise UnusableShot(f"{label} is a directory, not an image file: {Path(value).as_posix()}")
     if not path.is_file():
         # A named frame that is missing must not silently turn an I2V shot into T2V.
-        raise _Unusable(f"{label} not found: {Path(value).as_posix()}")
+        raise UnusableShot(f"{label} not found: {Path(value).as_posix()}")
     return path
-
-
-def _duration(value: Any) -> float | None:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise _Unusable(str(exc)) from None
-
-
-def _aspect(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
-        # YAML 1.1 reads an unquoted 16:9 as the sexagesimal int 969; undo that rather than fail.
-        value = "{}:{}".format(*divmod(value, 60))
-    if value is not None and not isinstance(value, str):
-        raise _Unusable(f'bad aspect ratio {value!r} (expected W:H, e.g. "16:9")')
-    try:
-        return parse_aspect_ratio(value)
-    except ValueError as exc:
-        raise _Unusable(str(exc)) from None
 
 
 def _flag(value: Any) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    raise _Unusable(f"camera_fixed must be true or false, not {value!r}")
+    raise UnusableShot(f"camera_fixed must be true or false, not {value!r}")
 
 
 def _text(entry: Mapping[str, Any], key: str) -> str | None:
@@ -234,14 +212,14 @@ def _text(entry: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _Unusable(f"{key} must be text, not {value!r}")
+        raise UnusableShot(f"{key} must be text, not {value!r}")
     return value.strip() or None
 
 
 def _list(entry: Mapping[str, Any], key: str) -> list[Any]:
     value = entry.get(key)
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise _Unusable(f"{key} must be a list")
+        raise UnusableShot(f"{key} must be a list")
     return list(value)
 
 
@@ -249,5 +227,5 @@ def _names(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise _Unusable("characters must be a list of names")
+        raise UnusableShot("characters must be a list of names")
     return tuple(dict.fromkeys(str(n).strip().lstrip("@") for n in value if str(n).strip()))

@@ -1,4 +1,4 @@
-"""Probing and verifying video files, in process with PyAV.
+"""Probing and verifying video files, in process with PyAV; sniffing a file's media type.
 
 A provider's word about a clip (its container duration, its `nb_frames`) is not proof: a
 truncated download or a half-written file can carry a header that promises more than it holds.
@@ -66,6 +66,17 @@ def probe(path: Path, *, count_frames: bool = True, decode_all: bool = True) -> 
     # PyAV raises FFmpegError (an OSError for missing files), ValueError/EOFError on garbage.
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
         raise MediaError(f"{path.name}: not a decodable video ({_reason(exc)})") from exc
+
+
+def probe_header(path: Path) -> tuple[int, int, float | None, float | None]:
+    """(width, height, fps, duration_s) of the first video stream as its header states them, nothing
+    decoded (read as `probe(count_frames=False)` reads them); fps or duration None where the file
+    states none. PyAV's own exception when the file is no video: the caller words it."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        return width, height, float(fps) if fps else None, _header_duration(container, stream)
 
 
 def verify_clip(
@@ -228,14 +239,16 @@ def _count_packets(container: av.container.InputContainer, stream, fps: Fraction
 
 def _header_length(container: av.container.InputContainer, stream, fps: Fraction | None) -> tuple[int, float]:
     """Frame count and duration from the stream header (fast, trusts the file)."""
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / av.time_base
-    else:
-        duration = 0.0
+    duration = _header_duration(container, stream) or 0.0
     frames = stream.frames or (round(duration * float(fps)) if fps else 0)
     return frames, round(duration, 6)
+
+
+def _header_duration(container: av.container.InputContainer, stream) -> float | None:
+    """The length the stream's header states, else the container's; None when neither states one."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ tier keys merged over the model's own `tiers` block, e.g. a variant spelt differ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,12 +259,20 @@ class MultishotLimits:
 class MultishotSpec:
     """A model's multi-shot groups for one provider and tier: the limits, the modes (endpoint and
     field map, as `ModeSpec`s) that take a group, and how each shot becomes one item of the
-    group's list field (`items_field`, e.g. `multi_prompt`)."""
+    group's list field (`items_field`, e.g. `multi_prompt`). `items: {encode: json}` sends that
+    list as one JSON string (Replicate's Kling takes `multi_prompt` so), not as a list."""
 
     limits: MultishotLimits
     modes: dict[str, ModeSpec]
     items_field: str
     items: dict[str, FieldSpec]  # generic shot value (prompt, duration, title…) → item field
+    items_encode: str | None = None  # None: the list as it is; "json": one JSON string of it
+
+    def encode_items(self, items: list[dict[str, Any]]) -> Any:
+        """The group's items as its list field takes them."""
+        if self.items_encode == "json":
+            return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+        return items
 
 
 def build_model_spec(
@@ -515,7 +524,7 @@ def _multishot(
     where = f"model={name}: {provider.get('name', '?')}.multishot"
     if unknown := set(block) - _MULTISHOT_BLOCK_KEYS:
         raise ConfigError(f"{where} has unknown keys {sorted(unknown)}")
-    items_field, items = _item_fields(where, block.get("items"))
+    items_field, items, encode = _item_fields(where, block.get("items"))
     params = dict(block.get("params") or {})
     rules = parse_rules(name, block.get("rules"))
     out: dict[str, ModeSpec] = {}
@@ -531,7 +540,9 @@ def _multishot(
                     else:
                         fields[generic] = spec
                 out[mode] = _with(base, fields, params, rules, limits)
-        return MultishotSpec(limits=limits, modes=out, items_field=items_field, items=items)
+        return MultishotSpec(
+            limits=limits, modes=out, items_field=items_field, items=items, items_encode=encode
+        )
     pblock = model.get(provider.get("name", "?")) or {}
     for mode, key in MODE_KEYS.items():
         if mode == FLF or key not in (block.get("modes") or {}):
@@ -565,7 +576,7 @@ def _multishot(
         )
     if not out:
         raise ConfigError(f"{where} names no modes (t2v, i2v, ref)")
-    return MultishotSpec(limits=limits, modes=out, items_field=items_field, items=items)
+    return MultishotSpec(limits=limits, modes=out, items_field=items_field, items=items, items_encode=encode)
 
 
 def _with(
@@ -611,16 +622,26 @@ def _multishot_limits(name: str, raw: Any) -> MultishotLimits:
     return MultishotLimits(max_shots=max_shots, **lists)
 
 
-def _item_fields(where: str, raw: Any) -> tuple[str, dict[str, FieldSpec]]:
+# How `items.encode` may send the list: "json" as one JSON string.
+ITEM_ENCODINGS = ("json",)
+
+
+def _item_fields(where: str, raw: Any) -> tuple[str, dict[str, FieldSpec], str | None]:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("field"), str):
         raise ConfigError(f"{where}.items must be {{field: <list field>, prompt: …, duration: …}}")
+    encode = raw.get("encode")
+    if encode is not None and encode not in ITEM_ENCODINGS:
+        raise ConfigError(
+            f"{where}.items.encode must be one of {', '.join(ITEM_ENCODINGS)} "
+            f"(or absent: a list), not {encode!r}"
+        )
     items = {}
     for generic, value in raw.items():
-        if generic == "field":
+        if generic in ("field", "encode"):
             continue
         spec = parse_field(value, f"{where}.items.{generic}")
         if spec is not None:
             items[generic] = spec
     if "prompt" not in items or "duration" not in items:
         raise ConfigError(f"{where}.items must map prompt and duration")
-    return raw["field"], items
+    return raw["field"], items, encode

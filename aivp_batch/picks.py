@@ -156,7 +156,7 @@ def edited(take: Take) -> Path | None:
 
 def apply(take: Take, sweep_dir: Path) -> dict[str, Any]:
     """Copy the take and its log into the project; returns the project log written."""
-    from .runner import copy_file
+    from .output import copy_file
 
     dest = take.output_dir / "clips" / f"{take.shot}.mp4"
     part = dest.with_name(dest.name + ".part")

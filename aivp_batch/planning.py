@@ -24,7 +24,7 @@ from .grouping import Fallback, Group, group_shots, scene_setting
 from .media import sha256_file
 from .models import DEFAULT_MIN_IMAGE_PX, FLF, I2V, REF, T2V, ModelSpec, ModeSpec, MultishotSpec
 from .pricing import estimate_usd, priced_keys
-from .storyboard import Shot, portrait_angle, portrait_owner
+from .shots import Shot, portrait_angle, portrait_owner
 
 DEFAULT_ASPECT = "16:9"
 DEFAULT_DURATION_S = 5
@@ -736,10 +736,12 @@ def plan_group(
         "title": group.key,
     }
     payload, files = build_payload(mode_spec, generic)
-    payload[multishot.items_field] = [
-        _item(multishot, shot, prompt, seconds)
-        for shot, prompt, seconds in zip(group.shots, prompts, group.durations, strict=True)
-    ]
+    payload[multishot.items_field] = multishot.encode_items(
+        [
+            _item(multishot, shot, prompt, seconds)
+            for shot, prompt, seconds in zip(group.shots, prompts, group.durations, strict=True)
+        ]
+    )  # a list, or one JSON string of it where the model YAML says `items: {encode: json}`
     payload.update(payload_extra or {})
     check_text_sizes(first, mode_spec, payload, max_prompt_chars)
     for shot, prompt in zip(group.shots, prompts, strict=True):

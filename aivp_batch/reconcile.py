@@ -16,8 +16,10 @@ in the submit window is that request.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -55,6 +57,21 @@ class LostSubmit:
     sent_until: float  # epoch s, when the answer was lost
     start_timeout: float | None  # the X-Fal-Request-Timeout it was sent with
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LostSubmit:
+        """The lost submit of an `unknown` journal record (transitions.JobEntry.sending, answer_lost)."""
+        sent = record.get("sent_at")
+        if not isinstance(sent, int | float):  # journalled by an older version: second precision
+            sent = _epoch(record.get("submitting_since")) or time.time()
+        lost = record.get("answer_lost_at")
+        return cls(
+            endpoint=str(record.get("endpoint")),
+            body=record.get("payload"),
+            sent_from=float(sent),
+            sent_until=float(lost) if isinstance(lost, int | float) else float(sent) + 120.0,
+            start_timeout=record.get("start_timeout"),
+        )
+
     def deadline(self, policy: ReconcilePolicy) -> float | None:
         """After this, a request that never appeared was surely dropped unbilled."""
         if self.start_timeout is None:
@@ -87,3 +104,10 @@ class LostSubmit:
 def canonical(value: Any) -> str:
     """Deep equality with exact types: key order is ignored, but 5 ≠ 5.0 ≠ "5" and true ≠ 1."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _epoch(iso: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

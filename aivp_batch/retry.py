@@ -7,6 +7,12 @@ did not act on it (a 429, or a connection that never opened), because a retry af
 timeout can create, and bill, the same request twice. Idempotent reads and content-addressed
 writes retry 429, 5xx and transport errors.
 
+The table says which statuses each kind may retry; a provider whose answers need a closer look
+(fal: a 502 from its ingress never reached the app, one from the app is the app's answer) passes
+its error mapping as `transient(response, kind)`: the reason a response is worth another try, or
+None where it is an answer. A response is retried when both agree. A provider with its own kinds
+passes them as `rules` (`policy_table`, `policies`).
+
 Waits: the server's `Retry-After` header (seconds or an HTTP date) wins, then a JSON body's
 `retry_after` (Replicate's throttle body), else exponential backoff with jitter; never more than
 `max_retry_after_s`.
@@ -15,16 +21,20 @@ Waits: the server's `Retry-After` header (seconds or an HTTP date) wins, then a 
     response = await send(lambda: http.get(url), table["get"], kind="get")
 
 `send` returns the last response when retries run out on a status (the caller's error mapping
-decides what it means) and raises `GaveUp` for a transport error it does not (or no longer) retry.
+decides what it means; `give_up_on_status=True` raises `GaveUp` instead) and raises `GaveUp` for a
+transport error it does not (or no longer) retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import logging
 import random
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -43,7 +53,10 @@ NEVER_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
     httpx.PoolTimeout,
 )
 
-# Per-kind rules over the shared attempts/backoff. `create` may bill: only 429 and never-sent.
+Rules = Mapping[str, Mapping[str, Any]]  # kind → RetryPolicy fields
+
+# Per-kind rules over the shared attempts/backoff (Replicate's kinds; a provider with others passes
+# its own as `rules`). `create` may bill: only 429 and never-sent.
 KIND_RULES: dict[str, dict[str, Any]] = {
     "create": {"retry_on": (429,), "transport": True, "connect_only": True},
     "get": {},  # status polls, lists, model documents, the account
@@ -113,10 +126,12 @@ def policy_table(
     max_s: float = 30.0,
     max_retry_after_s: float = 120.0,
     jitter: bool = True,
-    kinds: Mapping[str, Mapping[str, Any]] | None = None,
+    kinds: Rules | None = None,
+    rules: Rules = KIND_RULES,
 ) -> dict[str, RetryPolicy]:
-    """Kind → policy: the shared numbers, `KIND_RULES`, then `kinds` (config) per kind on top.
-    A kind only in `kinds` is added; `default` is what `policy_for` falls back to."""
+    """Kind → policy: the shared numbers, `rules` (the provider's per-kind rules, `KIND_RULES` by
+    default), then `kinds` (config) per kind on top. A kind only in `kinds` is added; `default` is
+    what `policy_for` falls back to."""
     shared = {
         "attempts": attempts,
         "base_s": base_s,
@@ -126,13 +141,37 @@ def policy_table(
     }
     known = {f.name for f in fields(RetryPolicy)}
     table: dict[str, RetryPolicy] = {}
-    for kind in dict.fromkeys([*KIND_RULES, "default", *(kinds or {})]):
-        rules = {**shared, **KIND_RULES.get(kind, {}), **dict((kinds or {}).get(kind) or {})}
-        unknown = set(rules) - known
+    for kind in dict.fromkeys([*rules, "default", *(kinds or {})]):
+        given = (kinds or {}).get(kind) or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"retry.kinds.{kind}: must be a mapping of policy keys, got {given!r}")
+        merged = {**shared, **rules.get(kind, {}), **dict(given)}
+        unknown = set(merged) - known
         if unknown:
             raise ValueError(f"retry.kinds.{kind}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        table[str(kind)] = RetryPolicy(**rules)
+        table[str(kind)] = RetryPolicy(**merged)
     return table
+
+
+def policies(retry: Any = None, rules: Rules = KIND_RULES) -> dict[str, RetryPolicy]:
+    """A provider's `retry` argument as a kind → policy table under `rules`: None → the defaults;
+    a RetryPolicy → its numbers with the per-kind rules; a kind → policy mapping as is; else config
+    (`attempts`, `base_s`, `max_s`, …, `kinds`) for `policy_table`."""
+    if retry is None:
+        return policy_table(rules=rules)
+    if isinstance(retry, RetryPolicy):
+        return policy_table(
+            retry.attempts, retry.base_s, retry.max_s, retry.max_retry_after_s, retry.jitter, rules=rules
+        )
+    if isinstance(retry, Mapping) and retry and all(isinstance(v, RetryPolicy) for v in retry.values()):
+        return dict(retry)
+    if isinstance(retry, Mapping):
+        conf = {str(k): v for k, v in retry.items() if k != "_target_"}
+        kinds = conf.pop("kinds", None)
+        return policy_table(
+            **conf, kinds={str(k): v if v is not None else {} for k, v in (kinds or {}).items()}, rules=rules
+        )
+    raise TypeError(f"retry: expected a RetryPolicy, a kind → RetryPolicy mapping or config, got {retry!r}")
 
 
 def policy_for(table: Mapping[str, RetryPolicy], kind: str) -> RetryPolicy:
@@ -190,12 +229,28 @@ class Retryable(Exception):
 
 
 class RetryableStatus(Retryable):
-    """A response whose status the policy retries; carries the (read) response."""
+    """A response whose status the policy retries; carries the (read) response. `reason`: the
+    provider's words for it (its `transient` mapping), else `HTTP <code>`."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, reason: str | None = None) -> None:
         code = response.status_code
-        super().__init__(f"HTTP {code}", code, retry_after_of(response))
+        super().__init__(reason or f"HTTP {code}", code, retry_after_of(response))
         self.response = response
+
+
+# A provider's error mapping: why a response is worth another try (`kind` names the call), or None
+# where it is an answer. Only asked about statuses the kind's policy retries.
+Transient = Callable[[httpx.Response, str], str | None]
+
+
+def retry_reason(
+    response: httpx.Response, policy: RetryPolicy, kind: str = "call", transient: Transient | None = None
+) -> str | None:
+    """Why `response` (body read) is retried under `policy`, or None: its status is one the policy
+    retries and the provider's `transient` mapping (if any) calls it transient."""
+    if not policy.retries_status(response.status_code):
+        return None
+    return transient(response, kind) if transient is not None else f"HTTP {response.status_code}"
 
 
 @dataclass(frozen=True)
@@ -212,22 +267,30 @@ class Attempt:
 
 @dataclass
 class GaveUp(Exception):
-    """A transport error that ended the call: not retried by the policy, or retries ran out."""
+    """A transport error that ended the call: not retried by the policy, or retries ran out; with
+    `send(..., give_up_on_status=True)` also retries running out on a status (`error` is then the
+    last try's `RetryableStatus`)."""
 
     kind: str
-    error: httpx.TransportError
+    error: httpx.TransportError | RetryableStatus
     attempts: int
     elapsed_s: float
     retried: bool = field(default=False)
 
     def __post_init__(self) -> None:
-        super().__init__(f"{self.kind}: {type(self.error).__name__} after {self.attempts} attempt(s)")
+        what = self.error.reason if isinstance(self.error, Retryable) else type(self.error).__name__
+        super().__init__(f"{self.kind}: {what} after {self.attempts} attempt(s)")
 
     @property
     def never_sent(self) -> bool:
         """True when the last try surely never reached the server (and no earlier try did either:
         a policy that retries only never-sent errors guarantees that)."""
         return isinstance(self.error, NEVER_SENT_ERRORS)
+
+    @property
+    def status_code(self) -> int | None:
+        """The last try's status when retries ran out on one; None for a transport error."""
+        return self.error.status_code if isinstance(self.error, RetryableStatus) else None
 
 
 def _is_retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
@@ -237,11 +300,57 @@ def _is_retryable(policy: RetryPolicy) -> Callable[[BaseException], bool]:
     return check
 
 
+_TIMEOUTS = {
+    httpx.ConnectTimeout: "connection timed out",
+    httpx.ReadTimeout: "no answer in time",
+    httpx.WriteTimeout: "sending timed out",
+    httpx.PoolTimeout: "no free connection in time",
+}
+_ERRNOS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EPIPE: "connection closed while sending",
+}
+
+
+def transport_reason(exc: httpx.TransportError) -> str | None:
+    """What a transport error means in words, from the OS error under it (None: nothing known)."""
+    for kind, words in _TIMEOUTS.items():
+        if isinstance(exc, kind):
+            return words
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            if cause.errno == getattr(socket, "EAI_AGAIN", None):
+                return "name lookup failed (temporary failure in name resolution)"
+            return "host name not found"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed: {cause.reason or cause}"
+        if isinstance(cause, OSError) and cause.errno in _ERRNOS:
+            return _ERRNOS[cause.errno]
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the connection ({exc})" if str(exc) else "the server broke the connection"
+    return None
+
+
 def describe(exc: BaseException | None) -> str:
+    """A failure in words: a `Retryable`'s reason, a transport error's meaning where known
+    (`transport_reason`), else `Type: message`."""
     if exc is None:
         return "unknown error"
     if isinstance(exc, Retryable):
         return exc.reason
+    if isinstance(exc, httpx.TransportError) and (reason := transport_reason(exc)):
+        return reason
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -254,7 +363,8 @@ def retrying(
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncRetrying:
     """A tenacity loop under `policy`: `Retryable` and the policy's transport errors are retried;
-    after the last try the last exception is re-raised unchanged."""
+    after the last try the last exception is re-raised unchanged. Each retry goes to `on_retry`
+    (which logs it in the provider's words, secrets scrubbed), else to this module's log."""
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -272,9 +382,10 @@ def retrying(
             retry_after_s=exc.retry_after if isinstance(exc, Retryable) else None,
             delay_s=delay,
         )
-        log.info("%s: %s; retry %d in %.2fs", kind, event.reason, event.number, delay)
         if on_retry is not None:
             on_retry(event)
+        else:
+            log.info("%s: %s; retry %d in %.2fs", kind, event.reason, event.number, delay)
 
     kwargs: dict[str, Any] = {}
     if sleep is not None:
@@ -296,12 +407,16 @@ async def send(
     kind: str = "call",
     on_retry: Callable[[Attempt], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    transient: Transient | None = None,
+    give_up_on_status: bool = False,
 ) -> httpx.Response:
     """Run `call` (one HTTP request, body read) under `policy`.
 
-    Returns the first response whose status the policy does not retry, or the last one when tries
-    run out (the caller maps it to an error). Raises `GaveUp` for a transport error the policy does
-    not retry or after the last try; any other exception propagates at once."""
+    A response is retried when the policy retries its status and `transient` (the provider's error
+    mapping, see `retry_reason`) agrees. Returns the first response that is not retried, or the last
+    one when tries run out (the caller maps it to an error; with `give_up_on_status` that raises
+    `GaveUp` instead). Raises `GaveUp` for a transport error the policy does not retry or after the
+    last try; any other exception propagates at once."""
     loop = asyncio.get_running_loop()
     started, tries = loop.time(), 0
     try:
@@ -311,8 +426,11 @@ async def send(
                 response = await call()
                 if policy.retries_status(response.status_code):
                     await response.aread()
-                    raise RetryableStatus(response)
+                    if (reason := retry_reason(response, policy, kind, transient)) is not None:
+                        raise RetryableStatus(response, reason)
     except RetryableStatus as exc:
+        if give_up_on_status:
+            raise GaveUp(kind, exc, tries, loop.time() - started, retried=tries > 1) from None
         return exc.response
     except httpx.TransportError as exc:
         raise GaveUp(kind, exc, tries, loop.time() - started, retried=tries > 1) from exc

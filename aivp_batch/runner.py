@@ -5,18 +5,20 @@ The runner knows jobs, the journal, logs and the ledger; the provider knows only
 Journal states per job identity (see records.py): a `done` job is reused (zero requests), a
 `submitted` one is re-attached to its request id, a `failed` one is submitted again, and an
 `unknown` one (a submit whose answer was lost) is never resubmitted without `resubmit_unknown`.
+
+This module is the flow of a job (`_JobRun`): locks and slots, submit, wait, reconcile a lost
+submit. The journal's state transitions are transitions.JobEntry's; the output step (download,
+verify, the clip checks, cut a group's clip into its shots, deliver) is output.JobOutput's; what
+the shot logs say is shot_logs'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
-import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,19 +28,15 @@ from typing import Any
 from .billing import billed_cost, drift_warning, expected_units
 from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
-from .files import ensure_dir
-from .media import sha256_file, verify_clip
+from .openapi import EndpointSchema
+from .output import ClipCheck, ClipRejected, JobOutput
 from .planning import Job, replace_strings
 from .providers.base import HistoryRow, Outcome, Provider, StatusUpdate, Submission
 from .reconcile import LostSubmit, ReconcilePolicy, Verdict
 from .records import DONE, FAILED, SUBMITTED, UNKNOWN, Journal, PlanBoard, UploadCache, now_iso, relpath
-from .schemas import EndpointSchema
-from .split import split_clip
+from .shot_logs import done_fields, initial_log, job_logs
 from .store_lock import JobLocks
-from .versions import versions
-
-DURATION_TOLERANCE_S = 0.6
-_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, bcachefs, APFS-like CoW)
+from .transitions import JobEntry
 
 
 @dataclass
@@ -65,6 +63,9 @@ class RunContext:
     cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
     warn: Callable[[str], None] = field(default=lambda line: print(f"warning: {line}", file=sys.stderr))
     drift_warned: set[str] = field(default_factory=set)
+    # Run on each clip the provider returns, verified, before it is accepted (output.ClipCheck):
+    # None accepts it, a reason rejects it (the job fails with it; nothing is delivered).
+    clip_checks: Sequence[ClipCheck] = ()
 
     @property
     def clips_dir(self) -> Path:
@@ -88,34 +89,33 @@ class JobResult:
 
 
 class _JobRun:
-    """The life of one job in one run; owns its shot log."""
+    """The life of one job in one run: its journal entry moves from state to state (`entry`), its
+    clip goes through the output step (`out`), and its shot logs say where it stands (`log`)."""
 
     def __init__(self, job: Job, ctx: RunContext, provider: Provider) -> None:
         self.job, self.ctx, self.provider = job, ctx, provider
         self.log: dict[str, Any] = initial_log(job, ctx)
-        self._paid: Mapping[str, Any] | None = None  # the done record a rerender may fail to replace
+        self.entry = JobEntry(ctx.journal, job.identity, group=bool(job.shot_durations_s))
+        self.out = JobOutput(job, provider, ctx.journal, ctx.delivered, ctx.board.delivered, ctx.clip_checks)
         self.t0 = time.monotonic()
         self._slot: asyncio.Semaphore | None = None
-        # A group's deliveries someone edited: kept as they are, and their logs too.
-        self._kept: dict[str, Path] = {}
 
     @property
     def is_group(self) -> bool:
         """A multi-shot group: one request, one clip, cut into one part per shot."""
         return bool(self.job.shot_durations_s)
 
+    def priced(self, estimate_usd: float) -> None:
+        """Its estimate, where the plan had none (from the provider's unit price)."""
+        self.job = self.out.job = dataclasses.replace(self.job, estimate_usd=estimate_usd)
+        self.log["estimate_usd"] = estimate_usd
+
     # -- records -------------------------------------------------------------------------------
     def record(self, status: str, **fields: Any) -> None:
+        """The job's shot logs say `status` (and `fields`); those of edited deliveries stay."""
         self.log.update(fields, status=status, timestamp=now_iso())
-        if self.is_group:
-            if self.job.key not in self._kept:
-                self.ctx.board.update(self.job.key, group_log(self.job, self.log))
-            for k, shot in enumerate(self.job.shots):
-                if shot.id not in self._kept:
-                    self.ctx.board.update(shot.id, part_log(self.job, self.ctx, self.log, k))
-        else:
-            for shot in self.job.shots:
-                self.ctx.board.update(shot.id, {**self.log, "id": shot.id})
+        for log_id, log in job_logs(self.job, self.ctx, self.log, kept=self.out.kept):
+            self.ctx.board.update(log_id, log)
         if self.ctx.on_event:
             self.ctx.on_event(self.job.key, status, self.log)
 
@@ -166,22 +166,20 @@ class _JobRun:
         return self.ctx.job_locks.hold(self.job.identity, waiting)
 
     async def _run(self, slots: asyncio.Semaphore) -> JobResult:
-        record = self.ctx.journal.get(self.job.identity) or {}
-        edited = {} if self.rerender else self._edited_deliveries(record)
+        record = self.entry.begin()
+        edited = {} if self.rerender else self.out.edited(record)
         if edited and not (self.is_group and record.get("status") == DONE):
             return self._keep(list(edited.values()))
         if edited:  # a finished group: the edited files stay; its other files are delivered
             self._warn_kept(list(edited.values()))
-            self._kept = edited
-        if record.get("status") == DONE:
-            self._paid = record
+            self.out.kept = edited
         if record.get("status") == DONE and not self.rerender:
             if not await self._restore(record):
                 return self.fail(
                     "its paid clip is gone (not in the store, not in video/clips, and the result URL has "
                     f"expired); not paying for it again without rerender=[{self.job.key}]"
                 )
-            record = self.ctx.journal.get(self.job.identity) or record
+            record = self.entry.read() or record
             if self.is_group:
                 try:
                     record = await self._ensure_parts(record)
@@ -205,44 +203,10 @@ class _JobRun:
         finally:
             self._release_slot()
 
-    def _journal_failure(self, record: Mapping[str, Any], exc: BaseException) -> None:
-        """A final failure. A failed rerender leaves the clip it was to replace as the job's record:
-        that clip is paid for and still delivered, so the next run must not buy it again."""
-        if self._paid is not None:
-            self.ctx.journal.put(self.job.identity, {**self._paid, "rerender_error": str(exc)})
-        else:
-            self.ctx.journal.put(self.job.identity, {**record, "status": FAILED, "error": str(exc)})
-
     @property
     def rerender(self) -> bool:
         """Asked for again (`rerender=`): rendered and paid for although a finished clip exists."""
         return any(shot.id in self.ctx.rerender for shot in self.job.shots)
-
-    def _deliveries(self, record: Mapping[str, Any]) -> list[tuple[str, Path, Mapping[str, Any] | None]]:
-        """(log id, delivered file, the clip the record says it is) of each file the job delivers:
-        a shot's clip; or a group's clip and each of its shots' parts."""
-        if not self.is_group:
-            return [(shot.id, self.ctx.delivered(shot.id), record.get("clip")) for shot in self.job.shots]
-        parts = _parts_of(record, len(self.job.shots))
-        return [(self.job.key, self.ctx.delivered(self.job.key), record.get("clip"))] + [
-            (shot.id, self.ctx.delivered(shot.id), part)
-            for shot, part in zip(self.job.shots, parts, strict=True)
-        ]
-
-    def _edited_deliveries(self, record: Mapping[str, Any]) -> dict[str, Path]:
-        """Delivered clips whose bytes are neither this job's stored clip (a group's part) nor the
-        one last delivered for the shot: someone edited (or replaced) them, and they are theirs now."""
-        edited = {}
-        for log_id, path, clip in self._deliveries(record):
-            if not path.is_file():
-                continue
-            last = self.ctx.board.delivered.get(log_id) or {}
-            if _unchanged(path, last.get("delivered") or {}):
-                continue
-            known = {(clip or {}).get("sha256"), (last.get("clip") or {}).get("sha256")}
-            if sha256_file(path) not in known - {None}:
-                edited[log_id] = path
-        return edited
 
     def _warn_kept(self, edited: list[Path]) -> None:
         for path in edited:
@@ -264,60 +228,44 @@ class _JobRun:
     async def _restore(self, record: Mapping[str, Any]) -> bool:
         """Is the paid-for clip still at hand? From the store, a shot clip (a group's own clip), or
         the result URL."""
-        store = self.ctx.journal.clip_path(self.job.identity)
-        clip = record.get("clip") or {}
-        want = clip.get("sha256")
-        if store.exists() and (_unchanged(store, clip) or sha256_file(store) == want):
+        if self.out.at_hand(record):
             return True
-        copies = [self.job.key] if self.is_group else [shot.id for shot in self.job.shots]
-        for log_id in copies:
-            delivered = self.ctx.delivered(log_id)
-            if delivered.exists() and sha256_file(delivered) == want:
-                copy_file(delivered, store)
-                return True
-        if not record.get("video_url"):
-            return False
-        try:
-            outcome = Outcome(output=record.get("output") or {}, video_url=record["video_url"])
-            clip = await self._download(outcome)
-        except (AivpError, OSError):
+        clip = await self.out.refetch(record)
+        if clip is None:
             return False  # gone everywhere: render it again
-        self.ctx.journal.put(self.job.identity, {**record, "clip": clip})
+        self.entry.clip_restored(record, clip)
         return True
+
+    async def _ensure_parts(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A finished group's parts, each at hand in the store (put back where lost, and journalled)."""
+        parts = await self.out.restore_parts(record)
+        if parts is None:
+            return dict(record)
+        return await self.entry.parts_restored(record, parts)
 
     def _reuse(self, record: Mapping[str, Any]) -> JobResult:
         try:
-            stamps = self._place_clips(record)
+            stamps = self.out.place(record)
         except OSError as exc:
             return self._undelivered(exc)
         unchanged = all(
             (last := self.ctx.board.delivered.get(log_id) or {}).get("identity") == self.job.identity
             and last.get("delivered") == stamps.get(log_id)
             and (last.get("clip") or {}).get("sha256") == (clip or {}).get("sha256")
-            for log_id, _, clip in self._deliveries(record)
-            if log_id not in self._kept
+            for log_id, _, clip in self.out.deliveries(record)
+            if log_id not in self.out.kept
         )
         if unchanged:
             # Nothing about the shot changed: its log and row stay exactly as they are.
             if self.ctx.on_event:
-                self.ctx.on_event(self.job.key, "done", {**self.log, **_done_fields(record), "reused": True})
+                self.ctx.on_event(self.job.key, "done", {**self.log, **done_fields(record), "reused": True})
         else:
             self.record(
-                "done", **_done_fields(record), **self._delivered_fields(stamps), reused=True, note="reused"
+                "done", **done_fields(record), **self.out.delivered_fields(stamps), reused=True, note="reused"
             )
         return JobResult(
-            self.job.key, "done", reused=True, request_id=record.get("request_id"), kept=bool(self._kept)
+            self.job.key, "done", reused=True, request_id=record.get("request_id"), kept=bool(self.out.kept)
         )
-
-    def _delivered_fields(self, stamps: Mapping[str, dict[str, int]]) -> dict[str, Any]:
-        """The log fields saying what was delivered: the file's size and mtime (a group: its own
-        clip's, and each shot's part's under `delivered_parts`)."""
-        if not self.is_group:
-            return {"delivered": stamps.get(self.job.shots[-1].id) if self.job.shots else {}}
-        return {
-            "delivered": stamps.get(self.job.key),
-            "delivered_parts": {shot.id: stamps.get(shot.id) for shot in self.job.shots},
-        }
 
     async def _submit(self, record: Mapping[str, Any]) -> JobResult:
         job, ledger = self.job, self.ctx.ledger
@@ -341,40 +289,22 @@ class _JobRun:
             "seed_sent": job.seed_field is not None,
         }
         # The exact body and the time, durably, before the POST: what finds it again if the answer is lost.
-        sending = {
-            **base,
-            "status": UNKNOWN,
-            "submitting_since": now_iso(),
-            "sent_at": time.time(),
-            "start_timeout": self.provider.start_timeout,
-        }
-        self.ctx.journal.put(job.identity, sending)
+        sending = self.entry.sending(base, start_timeout=self.provider.start_timeout)
         try:
             submission = await self.provider.submit(job.endpoint, payload)
         except SubmitNotAccepted as exc:  # never reached the provider: safe to submit again later
-            self._journal_failure(base, exc)
+            self.entry.failed(base, str(exc))
             await ledger.release(job.key, job.identity, "submit not accepted")
             return self.refuse(str(exc))
         except TransientError as exc:  # it may have reached the provider: never resubmit blindly
-            lost = self.ctx.journal.put(
-                job.identity, {**sending, "answer_lost_at": time.time(), "error": str(exc)}
-            )
+            lost = self.entry.answer_lost(sending, str(exc))
             self.record("unknown", attempts=attempts, error=f"submit outcome unknown: {exc}")
             return await self._resolve_lost(lost)
         except ProviderError as exc:
-            self._journal_failure(base, exc)
+            self.entry.failed(base, str(exc))
             await ledger.release(job.key, job.identity, "submit refused")
             return self.refuse(str(exc))
-        journal = self.ctx.journal.put(
-            job.identity,
-            {
-                **base,
-                "status": SUBMITTED,
-                "submission": submission.to_dict(),
-                "request_id": submission.request_id,
-                "submitted_at": now_iso(),
-            },
-        )
+        journal = self.entry.submitted(base, submission)
         self.record(
             "queued",
             request_id=submission.request_id,
@@ -387,7 +317,7 @@ class _JobRun:
     async def _resolve_lost(self, record: Mapping[str, Any]) -> JobResult:
         """Look the lost submit up in the provider's history (see reconcile.py) until it is found,
         proven never accepted, or this run's `reconcile.wait_s` is up."""
-        policy, lost = self.ctx.reconcile, _lost_submit(record)
+        policy, lost = self.ctx.reconcile, LostSubmit.from_record(record)
         give_up = time.monotonic() + policy.wait_s
         attempt, verdict, rows = 0, Verdict.NOT_YET, []
         while True:
@@ -424,9 +354,7 @@ class _JobRun:
             return await self._submit({**record, "status": FAILED})
         if verdict is Verdict.AMBIGUOUS:
             ids = ", ".join(sorted(row.request_id for row in rows))
-            self.ctx.journal.put(
-                self.job.identity, {**record, "candidates": sorted(r.request_id for r in rows)}
-            )
+            self.entry.ambiguous(record, (row.request_id for row in rows))
             return self.fail(
                 f"submit answer lost and {len(rows)} requests in the provider's history match it ({ids}); "
                 "not resubmitting: check them, then rerun with resubmit_unknown=true if none is this shot's"
@@ -443,17 +371,7 @@ class _JobRun:
     async def _adopt(self, row: HistoryRow, record: Mapping[str, Any]) -> JobResult:
         """The lost submit was accepted as `row.request_id`: journal it and wait for it."""
         submission = self.provider.attach({"request_id": row.request_id, "endpoint": self.job.endpoint})
-        journal = self.ctx.journal.put(
-            self.job.identity,
-            {
-                **record,
-                "status": SUBMITTED,
-                "submission": submission.to_dict(),
-                "request_id": submission.request_id,
-                "submitted_at": now_iso(),
-                "reconciled": "request history",
-            },
-        )
+        journal = self.entry.submitted(record, submission, reconciled="request history")
         if not self.ctx.ledger.holds(self.job.key):  # reserved by the run that lost the answer
             await self.ctx.ledger.reserve(self.job.key, self.job.identity, 0.0)
         self.record(
@@ -487,7 +405,7 @@ class _JobRun:
         except RequestFailed as exc:
             if fallback is not None and exc.status_code == 404:  # the queue forgot it; the history did not
                 return await self._finish(submission, {**record, "result_from": "request history"}, fallback)
-            self._journal_failure(record, exc)
+            self.entry.failed(record, str(exc))
             if exc.may_be_billed:  # it had started: count the estimate rather than assume it was free
                 await ledger.settle(job.key, job.identity, job.estimate_usd, "estimate")
             else:
@@ -502,43 +420,34 @@ class _JobRun:
         job, ledger = self.job, self.ctx.ledger
         self._release_slot()
         try:
-            clip = await self._download(outcome)
+            clip = await self.out.fetch(outcome)
+        except ClipRejected as rejected:
+            return await self._rejected(submission, record, outcome, rejected)
         except (MediaError, ProviderError, OSError) as exc:
-            self.ctx.journal.put(job.identity, {**record, "output": outcome.output})
+            self.entry.download_failed(record, outcome)
             return self.fail(f"download failed: {exc}; rerun to fetch it again")
-        cut: dict[str, Any] = {}
+        parts: list[dict[str, Any] | None] | None = None
         uncut: BaseException | None = None
         if self.is_group:  # cut into its shots before it is journalled done: the record has the parts
             try:
-                cut["parts"] = await self._cut_parts([None] * len(job.shots), clip)
+                parts = await self.out.cut_parts([None] * len(job.shots), clip)
             except (MediaError, OSError) as exc:  # paid for all the same: journalled, never bought again
-                cut["parts"], uncut = None, exc
-        done = self.ctx.journal.put(
-            job.identity,
-            {
-                **record,
-                "status": DONE,
-                "output": outcome.output,
-                "video_url": outcome.video_url,
-                "seed_returned": outcome.seed,
-                "clip": clip,
-                **cut,
-                **(await self._cost(outcome)),
-                "completed_at": now_iso(),
-                "request_id": submission.request_id,
-            },
+                uncut = exc
+        cost = await self._cost(outcome)
+        done = self.entry.done(
+            record, outcome, request_id=submission.request_id, clip=clip, cost=cost, parts=parts
         )
         await ledger.settle(job.key, job.identity, done["cost_usd"], done["cost_source"])
         if uncut is not None:
-            return self._uncut(uncut, **_done_fields(done))
+            return self._uncut(uncut, **done_fields(done))
         try:  # a copy of a big clip, off the event loop
-            stamps = await asyncio.to_thread(self._place_clips, done)
+            stamps = await asyncio.to_thread(self.out.place, done)
         except OSError as exc:
             return self._undelivered(exc, cost_usd=done["cost_usd"])
         self.record(
             "done",
-            **_done_fields(done),
-            **self._delivered_fields(stamps),
+            **done_fields(done),
+            **self.out.delivered_fields(stamps),
             timings={
                 **self.log.get("timings", {}),
                 **outcome.timings,
@@ -552,6 +461,31 @@ class _JobRun:
             request_id=submission.request_id,
             estimate_usd=job.estimate_usd,
             cost_source=done["cost_source"],
+        )
+
+    async def _rejected(
+        self, submission: Submission, record: dict[str, Any], outcome: Outcome, rejected: ClipRejected
+    ) -> JobResult:
+        """A clip check rejected the clip: it is paid for (and kept aside), never delivered; the
+        next run renders the job again."""
+        job, cost = self.job, await self._cost(outcome)
+        self.entry.rejected(
+            record,
+            outcome,
+            request_id=submission.request_id,
+            reason=str(rejected),
+            clip=rejected.clip,
+            cost=cost,
+        )
+        await self.ctx.ledger.settle(job.key, job.identity, cost["cost_usd"], cost["cost_source"])
+        result = self.fail(
+            str(rejected),
+            video_url=outcome.video_url,
+            cost_usd=cost["cost_usd"],
+            cost_source=cost["cost_source"],
+        )
+        return dataclasses.replace(
+            result, cost_usd=cost["cost_usd"], estimate_usd=job.estimate_usd, cost_source=cost["cost_source"]
         )
 
     async def _cost(self, outcome: Outcome) -> dict[str, Any]:
@@ -603,93 +537,6 @@ class _JobRun:
             uris[path.as_uri()] = url
         return replace_strings(self.job.payload, uris)
 
-    async def _download(self, outcome: Outcome) -> dict[str, Any]:
-        dest = self.ctx.journal.clip_path(self.job.identity)
-        part = dest.with_name(dest.name + ".part")
-        ensure_dir(part.parent)
-        got = await self.provider.download(outcome.video_url, part)
-        info = await asyncio.to_thread(verify_clip, part, float(self.job.duration_s), DURATION_TOLERANCE_S)
-        os.replace(part, dest)
-        stat = dest.stat()
-        return {
-            "mtime_ns": stat.st_mtime_ns,
-            "bytes": got.size,
-            "sha256": got.sha256,  # taken while downloading: the clip is never read again to hash it
-            "duration_s": round(info.duration_s, 3),
-            "frames": info.frames,
-            "width": info.width,
-            "height": info.height,
-            "fps": info.fps,
-            "has_audio": info.has_audio,
-        }
-
-    # -- multi-shot groups: the parts -----------------------------------------------------------
-    async def _ensure_parts(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Every part of the group's stored clip at hand in the store: a lost one is copied back
-        from its delivered shot clip, else cut again from the stored group clip (never bought)."""
-        job, journal = self.job, self.ctx.journal
-        parts = _parts_of(record, len(job.shots))
-        missing = []
-        changed = False
-        for k, (shot, part) in enumerate(zip(job.shots, parts, strict=True)):
-            stored = journal.part_path(job.identity, k)
-            want = (part or {}).get("sha256")
-            if want is None:
-                missing.append(k)
-            elif stored.is_file() and (_unchanged(stored, part or {}) or sha256_file(stored) == want):
-                continue
-            elif (delivered := self.ctx.delivered(shot.id)).is_file() and sha256_file(delivered) == want:
-                copy_file(delivered, stored.with_name(stored.name + ".part"))
-                os.replace(stored.with_name(stored.name + ".part"), stored)
-                parts[k] = {**(part or {}), **_stamp(stored)}
-                changed = True
-            else:
-                missing.append(k)
-        if missing:
-            parts = await self._cut_parts(parts, record.get("clip") or {}, only=missing)
-        if not (missing or changed):
-            return dict(record)
-        return await journal.aput(job.identity, {**record, "parts": parts})
-
-    async def _cut_parts(
-        self, parts: list[dict[str, Any] | None], clip: Mapping[str, Any], only: list[int] | None = None
-    ) -> list[dict[str, Any] | None]:
-        """Cut the stored group clip at its shots' durations (split.split_clip, in a worker thread),
-        into `<store>/clips/<identity>/part-NN.mp4`; `only` the parts at those indices replace the
-        stored ones (the others stay as they are). Returns the parts, each with its sha256."""
-        job, journal = self.job, self.ctx.journal
-        src = journal.clip_path(job.identity)
-        finals = [journal.part_path(job.identity, k) for k in range(len(job.shots))]
-        scratch = finals[0].parent / f".cut-{os.getpid()}-{id(self):x}"
-        try:
-            infos = await asyncio.to_thread(
-                split_clip,
-                src,
-                [scratch / final.name for final in finals],
-                [float(d) for d in job.shot_durations_s],
-            )
-            out = list(parts)
-            for k, info in enumerate(infos):
-                if only is not None and k not in only:
-                    continue
-                os.replace(info.path, finals[k])
-                out[k] = {
-                    "shot": job.shots[k].id,
-                    **_stamp(finals[k]),
-                    "sha256": info.sha256,
-                    "start_s": round(info.start_s, 3),
-                    "duration_s": round(info.duration_s, 3),
-                    "expected_s": info.expected_s,
-                    "frames": info.frames,
-                    "width": clip.get("width"),
-                    "height": clip.get("height"),
-                    "fps": clip.get("fps"),
-                    "has_audio": info.has_audio,
-                }
-            return out
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
     def _uncut(self, exc: BaseException, **fields: Any) -> JobResult:
         """The group's clip is paid for and stored, but could not be cut into its shots."""
         fields.pop("error", None)
@@ -707,35 +554,6 @@ class _JobRun:
             f"could not write {where} ({reason}); rerun to deliver it: nothing is bought again", **fields
         )
 
-    def _place_clips(self, record: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-        """Deliver the stored clip to video/clips/<shot>.mp4 (a group: its clip to
-        video/clips/group-NN.mp4 and each stored part to its shot's) as a copy of its own (a reflink
-        where the file system has them), so editing it never touches the paid-for original. Returns
-        each delivered file's size and mtime by log id, which let the next run skip re-hashing it."""
-        journal = self.ctx.journal
-        sources = [journal.clip_path(self.job.identity)] * len(self.job.shots)
-        if self.is_group:
-            sources = [journal.clip_path(self.job.identity)] + [
-                journal.part_path(self.job.identity, k) for k in range(len(self.job.shots))
-            ]
-        stamps: dict[str, dict[str, int]] = {}
-        for src, (log_id, dest, clip) in zip(sources, self._deliveries(record), strict=True):
-            if log_id in self._kept:
-                continue
-            last = self.ctx.board.delivered.get(log_id) or {}
-            want = (clip or {}).get("sha256")
-            # What was delivered before, untouched since, if it was this clip; else compare the bytes.
-            same = (last.get("clip") or {}).get("sha256") == want
-            in_place = dest.is_file() and (
-                (same and _unchanged(dest, last.get("delivered") or {})) or sha256_file(dest) == want
-            )
-            if not in_place:
-                part = dest.with_name(dest.name + ".part")
-                copy_file(src, part)
-                os.replace(part, dest)
-            stamps[log_id] = _stamp(dest)
-        return stamps
-
 
 async def _price_unpriced(runs: list[_JobRun], provider: Provider) -> None:
     """Jobs with no estimate (model=auto without model.pricing) are priced from the provider's unit
@@ -746,8 +564,7 @@ async def _price_unpriced(runs: list[_JobRun], provider: Provider) -> None:
         price = await provider.unit_price(run.job.endpoint)
         units = expected_units(price.unit, float(run.job.duration_s)) if price else None
         if price is not None and units is not None:
-            run.job = dataclasses.replace(run.job, estimate_usd=round(units * price.unit_price, 4))
-            run.log["estimate_usd"] = run.job.estimate_usd
+            run.priced(round(units * price.unit_price, 4))
 
 
 async def _check_prices(jobs: list[Job], provider: Provider, ctx: RunContext) -> None:
@@ -767,232 +584,14 @@ async def _check_prices(jobs: list[Job], provider: Provider, ctx: RunContext) ->
             ctx.warn(line)
 
 
-def _lost_submit(record: Mapping[str, Any]) -> LostSubmit:
-    sent = record.get("sent_at")
-    if not isinstance(sent, int | float):  # journalled by an older version: second precision
-        sent = _epoch(record.get("submitting_since")) or time.time()
-    lost = record.get("answer_lost_at")
-    return LostSubmit(
-        endpoint=str(record.get("endpoint")),
-        body=record.get("payload"),
-        sent_from=float(sent),
-        sent_until=float(lost) if isinstance(lost, int | float) else float(sent) + 120.0,
-        start_timeout=record.get("start_timeout"),
-    )
-
-
-def _epoch(iso: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _schema_attr(ctx: RunContext, endpoint: str, name: str) -> str | None:
-    schema = ctx.schemas.get(endpoint)
-    return getattr(schema, name) if schema is not None else None
-
-
-def _stamp(path: Path) -> dict[str, int]:
-    stat = path.stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _parts_of(record: Mapping[str, Any], count: int) -> list[dict[str, Any] | None]:
-    """A group record's parts, one per shot (None where a part is not known)."""
-    parts = record.get("parts")
-    if not isinstance(parts, list) or len(parts) != count:
-        return [None] * count
-    return [dict(p) if isinstance(p, Mapping) and p.get("sha256") else None for p in parts]
-
-
-def _unchanged(path: Path, clip: Mapping[str, Any]) -> bool:
-    """Same size and mtime as when it was stored and hashed: skip re-hashing a big clip."""
-    if not clip.get("mtime_ns"):
-        return False
-    stat = path.stat()
-    return stat.st_size == clip.get("bytes") and stat.st_mtime_ns == clip.get("mtime_ns")
-
-
-def copy_file(src: Path, dest: Path) -> None:
-    """An independent copy: a reflink (FICLONE) where the file system shares extents, else bytes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)  # not ensure_dir: the store may have been cleared
-    if hasattr(fcntl, "ioctl"):
-        try:
-            with open(src, "rb") as s, open(dest, "wb") as d:
-                fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
-            return
-        except OSError:
-            pass  # not a reflink-capable file system (ext4, tmpfs, across devices): copy the bytes
-    shutil.copyfile(src, dest)
-
-
-def _done_fields(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The log fields of a finished render, from its journal record: what was sent, returned, paid."""
-    seed = record.get("requested_seed")
-    if seed is None:  # journalled before requested_seed was: the seed it sent, if any
-        seed = (record.get("payload") or {}).get("seed")
-    seeds = {"seed": seed, "requested_seed": seed} if isinstance(seed, int) else {}
-    if record.get("seed_sent") is not None:
-        seeds["seed_sent"] = record["seed_sent"]
-    return {
-        **seeds,
-        "request_id": record.get("request_id"),
-        "video_url": record.get("video_url"),
-        "seed_returned": record.get("seed_returned"),
-        "cost_usd": record.get("cost_usd"),
-        "cost_source": record.get("cost_source", "estimate"),
-        "estimate_usd": record.get("estimate_usd"),
-        "billable_units": record.get("billable_units"),
-        "unit_price": record.get("unit_price"),
-        "unit": record.get("unit"),
-        "clip": record.get("clip"),
-        **({"parts": record.get("parts")} if "parts" in record else {}),
-        "payload": record.get("payload"),
-        "attempts": record.get("attempts"),
-        "error": None,
-    }
-
-
-def initial_log(job: Job, ctx: RunContext) -> dict[str, Any]:
-    """The spec's log fields, plus everything needed to redo the render. A multi-shot group's log
-    (`video/log/group-NN.json`); each of its shots' logs derive from it (`part_log`)."""
-    shot = job.shots[0]
-    root = ctx.project_dir
-    group = bool(job.shot_durations_s)
-    if group:
-        sent = set(job.files.values())
-        start = shot.start_frame if shot.start_frame in sent else None
-        input_image, end_image = relpath(start, root), None
-        portraits = list(dict.fromkeys(p for s in job.shots for p in s.character_refs))
-    else:
-        input_image = relpath(shot.start_frame, root) if job.mode in ("I2V", "FLF") else None
-        end_image = relpath(shot.end_frame, root) if job.mode == "FLF" else None
-        portraits = list(shot.character_refs)
-    log_id = job.key if group else shot.id
-    return {
-        "id": log_id,
-        "type": "group" if group else "clip",
-        # Relative to the folder holding video/ (the project, or a sweep member's run dir).
-        "file": relpath(ctx.delivered(log_id), ctx.output_dir.parent),
-        "model": job.endpoint,
-        "mode": job.mode,
-        "status": "pending",
-        "request_id": None,
-        "prompt": job.prompt,
-        "seed": job.seed,
-        "duration": str(job.duration_s),
-        "aspect_ratio": shot.aspect_ratio or job.payload.get("aspect_ratio"),
-        "input_image": input_image,
-        "end_image": end_image,
-        "character_refs": [relpath(p, root) for p in portraits],
-        "video_url": None,
-        "cost_usd": 0.0,  # nothing is spent until the provider reports the render done
-        "timestamp": now_iso(),
-        "provider": job.provider,
-        "endpoint": job.endpoint,
-        "model_config": job.model,
-        "tier": ctx.tier,
-        "shots": [s.id for s in job.shots],
-        **({"shot_durations_s": list(job.shot_durations_s)} if group else {}),
-        "identity": job.identity,
-        "payload": job.payload,
-        "payload_files": {
-            k: {"path": relpath(p, root), "sha256": job.file_hashes.get(k)} for k, p in job.files.items()
-        },
-        "schema_sha256": _schema_attr(ctx, job.endpoint, "sha256"),
-        "schema_source": _schema_attr(ctx, job.endpoint, "source"),
-        "requested_seed": job.seed,
-        "seed_sent": job.seed_field is not None,
-        "seed_random": job.seed_random,
-        "seed_returned": None,
-        "prompt_variant": job.prompt_variant,
-        "requested_duration_s": job.requested_duration_s,
-        "duration_note": job.duration_note,
-        "notes": list(job.notes),
-        "estimate_usd": job.estimate_usd,
-        "cost_source": "estimate",
-        "attempts": 0,
-        "timings": {},
-        "run_dir": str(ctx.run_dir),
-        "hydra_dir": str(ctx.run_dir / ".hydra"),  # the composed config and overrides (`aivp rerun`)
-        "run_id": ctx.run_id,
-        "versions": versions(),
-        "error": None,
-    }
-
-
-def group_log(job: Job, log: Mapping[str, Any]) -> dict[str, Any]:
-    """A multi-shot group's own log: its clip, its shots and where each is cut out (`parts`)."""
-    parts = _parts_of(log, len(job.shots))
-    starts = _starts(job)
-    planned = [
-        part or {"shot": shot.id, "start_s": start, "expected_s": seconds}
-        for shot, start, seconds, part in zip(job.shots, starts, job.shot_durations_s, parts, strict=True)
-    ]
-    out = {k: v for k, v in log.items() if k != "delivered_parts"}
-    return {**out, "id": job.key, "type": "group", "parts": planned}
-
-
-def part_log(job: Job, ctx: RunContext, log: Mapping[str, Any], k: int) -> dict[str, Any]:
-    """Shot k of a multi-shot group: its own clip (its part of the group's, with its own sha256),
-    its item's prompt and length, and the group it came from. Its cost is its share of the group's
-    by seconds (`group_cost_usd` is the whole); plan.md counts the group's once, on its row."""
-    shot = job.shots[k]
-    seconds = job.shot_durations_s[k]
-    share = seconds / job.duration_s if job.duration_s else 0.0
-    others = [f"{s.id}:" for s in job.shots if s.id != shot.id]
-    mine = [n for n in log.get("notes") or () if not str(n).startswith(tuple(others))]
-    duration_notes = [n for n in str(log.get("duration_note") or "").split("; ") if n]
-    duration_notes = [n for n in duration_notes if not n.startswith(tuple(others))]
-    out = {k2: v for k2, v in log.items() if k2 not in ("parts", "delivered_parts")}
-    return {
-        **out,
-        "id": shot.id,
-        "type": "clip",
-        "group": job.key,
-        "part": f"{k + 1}/{len(job.shots)}",
-        "file": relpath(ctx.delivered(shot.id), ctx.output_dir.parent),
-        "group_file": log.get("file"),
-        "prompt": job.shot_prompts[k] if k < len(job.shot_prompts) else log.get("prompt"),
-        "duration": str(seconds),
-        "start_s": _starts(job)[k],
-        "aspect_ratio": shot.aspect_ratio or log.get("aspect_ratio"),
-        "input_image": log.get("input_image") if k == 0 else None,
-        "end_image": None,
-        "character_refs": [relpath(p, ctx.project_dir) for p in shot.character_refs],
-        "requested_duration_s": shot.duration_s,
-        "duration_note": "; ".join(duration_notes) or None,
-        "notes": mine,
-        "clip": _parts_of(log, len(job.shots))[k],
-        "group_clip": log.get("clip"),
-        "delivered": (log.get("delivered_parts") or {}).get(shot.id),
-        "cost_usd": round(float(log.get("cost_usd") or 0.0) * share, 4),
-        "estimate_usd": round(float(log.get("estimate_usd") or 0.0) * share, 4),
-        "group_cost_usd": log.get("cost_usd"),
-        "group_estimate_usd": log.get("estimate_usd"),
-    }
-
-
-def _starts(job: Job) -> list[int]:
-    """Where each shot of a group starts in the group's clip, in seconds."""
-    out, at = [], 0
-    for seconds in job.shot_durations_s:
-        out.append(at)
-        at += seconds
-    return out
 
 
 async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list[JobResult]:
     """Run every job with at most `max_in_flight` in flight; per-job failures are results, not raises."""
     runs = [_JobRun(job, ctx, provider) for job in jobs]
-    pending = [
-        run for run in runs if run.rerender or (ctx.journal.get(run.job.identity) or {}).get("status") != DONE
-    ]
+    pending = [run for run in runs if run.rerender or run.entry.read().get("status") != DONE]
     for run in pending:
         # New shots show up as pending at once; a shot with a log keeps it until its state changes.
         if not any(shot.id in ctx.board.delivered or ctx.board.has(shot.id) for shot in run.job.shots):

@@ -1,5 +1,6 @@
-"""Where endpoint schemas come from, per provider: the `SchemaStore` (aivp_batch.schemas) caches,
-memoises and validates; a source only fetches one endpoint's OpenAPI document.
+"""Where endpoint schemas come from, per provider: the `SchemaStore` (aivp_batch.schema_store)
+caches and memoises, `EndpointSchema` (aivp_batch.openapi) validates; a source only fetches one
+endpoint's OpenAPI document.
 
 - `FalSchemaSource`: fal's public per-endpoint document,
   `{schema_url}/api/openapi/queue/openapi.json?endpoint_id=<id>`, falling back to the platform's
@@ -13,24 +14,18 @@ memoises and validates; a source only fetches one endpoint's OpenAPI document.
   `AuthError` (exit 2, one line), not a reason to fall back to an older copy.
 
 A provider config picks its source with `schema_source:` (a Hydra `_target_` node);
-`schema_store_for(cfg)` builds the run's store from it (no `schema_source`: fal's, as always).
-Nothing here imports `schemas` at module level (it imports this module).
+`schema_store.schema_store_for(cfg)` builds the run's store from it (no `schema_source`: fal's, as
+always). Nothing here knows the store: it imports this module, never the other way round.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httpx
 
 from .errors import AuthError
 from .keys import find_key, how_to_set, redact
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
-    from .schemas import SchemaStore
 
 FAL_SCHEMA_PATH = "/api/openapi/queue/openapi.json"
 FAL_MODELS_PATH = "/v1/models"
@@ -217,29 +212,3 @@ class ReplicateSchemaSource:
         if isinstance(version, dict) and version.get("id"):
             self.versions[endpoint_id] = str(version["id"])
         return endpoint_document(schema, endpoint_id)
-
-
-def schema_store_for(cfg: DictConfig) -> SchemaStore:
-    """The run's schema store: the provider config's `schema_source` (a `_target_` node; none:
-    fal's documents at `provider.schema_url`/`api_url`), the run's cache dir, ttl and offline
-    switch, and a provider's own published document (`schema_document`, the preview's) registered."""
-    from hydra.utils import get_method, instantiate
-
-    from .schemas import SchemaStore
-
-    provider = cfg.provider
-    node = provider.get("schema_source")
-    source = instantiate(node) if node is not None else None
-    store = SchemaStore(
-        schema_url=provider.get("schema_url") or "https://fal.ai",
-        cache_dir=Path(cfg.schema_cache_dir).expanduser(),
-        ttl_s=float(cfg.schema_ttl_s),
-        offline=bool(cfg.offline),
-        api_url=provider.get("api_url"),
-        source=source,
-        # fal's bundled snapshot serves fal's ids only; another source has none of its own
-        **({} if source is None or isinstance(source, FalSchemaSource) else {"bundled": None}),
-    )
-    if provider.get("schema_document"):  # a provider that publishes its own schema (the preview)
-        store.register(str(provider.endpoint), get_method(provider.schema_document)())
-    return store

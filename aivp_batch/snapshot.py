@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
+from .openapi import document_sha256
 
 SNAPSHOT_DIR = Path(__file__).parent / "fal_schemas"
 SOURCES_FILE = "_sources.json"
@@ -92,8 +93,6 @@ class Snapshot:
 def write_snapshot(entries: list[SnapshotEntry], originals: dict[str, dict], folder: Path) -> dict[str, dict]:
     """Write reduced documents and `_sources.json` into `folder` (replacing entries of the same id,
     keeping the others). `originals` maps endpoint id → the unreduced document, for its hash."""
-    from .schemas import document_sha256  # schemas reads the snapshot: import here, not at the top
-
     folder.mkdir(parents=True, exist_ok=True)
     sources = Snapshot(folder).sources
     for entry in entries:

@@ -9,76 +9,34 @@ stopping the whole storyboard.
 
 from __future__ import annotations
 
-import math
 import re
 import textwrap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aivp_batch.errors import StoryboardError
+from aivp_batch.shots import (
+    PROMPT_KEYS,
+    Shot,
+    ShotProblem,
+    Storyboard,
+    UnusableShot,
+    check_shot_id,
+    field_value,
+    find_character_refs,
+    parse_aspect_ratio,
+    parse_camera_fixed,
+    parse_duration,
+    resolve_in_project,
+)
 
 SHOTS_DIR = Path("storyboard/storyboard-final/shots")
 FRAME_PLAN = Path("storyboard/storyboard-final/frame-plan.md")
 FRAMES_DIR = Path("image/frames")
-CHARACTERS_DIR = Path("image/characters")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
-PROMPT_KEYS = ("seedance", "kling", "motion")
 NO_MOTION_PROMPT = "no motion prompt (expected a Seedance 2.0, Kling 3.0 or Motion section)"
 
 _SHOT_FILE = re.compile(r"^shot-(\d+)\.md$")
-_SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One shot to render. Every path is absolute and resolved inside the project directory."""
-
-    id: str
-    number: int
-    source: Path | None = None
-    shot_code: str | None = None
-    scene: str | None = None
-    camera: str | None = None
-    variation: str | None = None
-    emotion: str | None = None
-    duration_s: float | None = None
-    aspect_ratio: str | None = None
-    camera_fixed: bool | None = None
-    prompts: dict[str, str] = field(default_factory=dict)
-    characters: tuple[str, ...] = ()
-    dialogue: str | None = None
-    bgm: str | None = None
-    sfx: str | None = None
-    start_frame: Path | None = None
-    end_frame: Path | None = None
-    character_refs: tuple[Path, ...] = ()
-    negative_prompt: str | None = None
-    input_frames: str | None = None
-    group: str | None = None  # strategy=multishot: shots sharing a label render in one call
-
-
-@dataclass(frozen=True)
-class ShotProblem:
-    """A shot that can't be rendered. `file` is relative to the project dir (or `manifest`)."""
-
-    file: str
-    message: str
-    shot: str | None = None  # the shot id when known, so `select_shots` can keep or drop it
-
-
-@dataclass
-class Storyboard:
-    shots: list[Shot] = field(default_factory=list)
-    problems: list[ShotProblem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Shot ID (metadata "Shot ID") of each problem's shot, where its file gave one: `shots=[1.2]`
-    # must select (and report) a shot that cannot be rendered as well as one that can.
-    problem_codes: dict[str, str] = field(default_factory=dict)
-
-
-class _Unusable(Exception):
-    """A shot file that can't be turned into a Shot; becomes a ShotProblem."""
 
 
 # --------------------------------------------------------------------------- public API
@@ -98,12 +56,12 @@ def read_storyboard(project_dir: Path) -> Storyboard:
             board.problems.append(ShotProblem(rel, f"duplicate shot number {number}", path.stem))
             continue
         spec = _read_spec(path, rel, board)
-        seen[number] = (path.stem, _value(spec.table.get("shot id")) if spec else None)
+        seen[number] = (path.stem, field_value(spec.table.get("shot id")) if spec else None)
         if spec is None:
             continue
         try:
             board.shots.append(_build_shot(project, path, number, spec))
-        except _Unusable as exc:
+        except UnusableShot as exc:
             board.problems.append(ShotProblem(rel, str(exc), path.stem))
             if code := seen[number][1]:
                 board.problem_codes[path.stem] = code
@@ -113,106 +71,6 @@ def read_storyboard(project_dir: Path) -> Storyboard:
     board.warnings.extend(_ignored_files(project))
     board.warnings.extend(_frame_plan_warnings(project, seen))
     return board
-
-
-def select_shots(
-    storyboard: Storyboard, selection: Iterable[int | float | str] | int | float | str | None
-) -> Storyboard:
-    """Keep the shots named by `selection`: `1`, `"1"`, `"01"`, `"shot-01"`, any shot id, or the
-    storyboard's own Shot ID (`"1.2"`, or `1.2` as Hydra reads `shots=[1.2]`)."""
-    if selection is None:
-        return storyboard
-    if isinstance(selection, int | float | str):
-        selection = [selection]
-    known = [_Known(s.id, s.number, s.shot_code) for s in storyboard.shots]
-    codes = storyboard.problem_codes
-    known += [_Known(p.shot, _number_of(p.shot), codes.get(p.shot)) for p in storyboard.problems if p.shot]
-    wanted: set[str] = set()
-    for item in selection:
-        wanted |= _match_selection(item, known)
-    return Storyboard(
-        shots=[s for s in storyboard.shots if s.id in wanted],
-        problems=[p for p in storyboard.problems if p.shot is None or p.shot in wanted],
-        warnings=list(storyboard.warnings),
-        problem_codes={k: v for k, v in storyboard.problem_codes.items() if k in wanted},
-    )
-
-
-def check_shot_id(shot_id: str, file: str) -> str:
-    """Reject ids that are not safe file stems: clips and logs are written as `<id>.mp4` / `<id>.json`."""
-    if not isinstance(shot_id, str) or not _SHOT_ID.match(shot_id) or ".." in shot_id:
-        raise StoryboardError(
-            file, f"invalid shot id {shot_id!r} (use letters, digits, '.', '_', '-'; no '..'; at most 64)"
-        )
-    return shot_id
-
-
-def parse_duration(text: str | float | None) -> float | None:
-    """`5s`, `5 sec`, `5.5 seconds`, `5秒`, `5` → seconds. A `{N}s` placeholder → None. Else ValueError."""
-    if isinstance(text, bool):
-        raise ValueError(f"bad duration {text!r} (expected seconds, e.g. 5s)")
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        value = _value(text)
-        if value is None:
-            return None
-        match = re.match(r"^(\d+(?:\.\d+)?)\s*(?:s|secs?|seconds?|秒)?(?=$|[\s(,;~])", value, re.IGNORECASE)
-        seconds = float(match.group(1)) if match else 0.0
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"bad duration {text!r} (expected seconds, e.g. 5s)")
-    return seconds
-
-
-def parse_aspect_ratio(text: str | None) -> str | None:
-    """`16:9`, `16:9 widescreen`, `9 : 16` → `16:9` / `9:16`. A placeholder → None. Else ValueError."""
-    value = _value(text)
-    if value is None:
-        return None
-    match = re.search(r"(\d+(?:\.\d+)?)\s*[:：]\s*(\d+(?:\.\d+)?)", value)
-    if not match:
-        raise ValueError(f"bad aspect ratio {text!r} (expected W:H, e.g. 16:9)")
-    return f"{match.group(1)}:{match.group(2)}"
-
-
-def resolve_in_project(project_dir: Path, path: Path | str, file: str) -> Path:
-    """Resolve `path` (relative to the project or absolute); one that escapes the project is an error."""
-    project = Path(project_dir).resolve()
-    resolved = (project / path).resolve()
-    if not resolved.is_relative_to(project):
-        raise StoryboardError(file, f"{Path(path).as_posix()} resolves outside the project directory")
-    return resolved
-
-
-def find_character_refs(project_dir: Path, names: Iterable[str]) -> tuple[Path, ...]:
-    """Portraits in `image/characters/` whose file stem starts with a character's name (`elena-front.png`)."""
-    project = Path(project_dir).resolve()
-    folder = project / CHARACTERS_DIR
-    if not folder.is_dir():
-        return ()
-    keys = [_name_key(n) for n in names if _name_key(n)]
-    refs: list[Path] = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and any(_stem_matches(path.stem, k) for k in keys):
-            resolved = resolve_in_project(project, path, _rel(project, path))
-            if resolved.is_file():
-                refs.append(resolved)
-    return tuple(refs)
-
-
-def portrait_owner(path: Path, names: Iterable[str]) -> str | None:
-    """The character a portrait belongs to, by the same file-stem rule as `find_character_refs`:
-    the longest name its stem starts with (`harbour-master-side.png` → "Harbour Master")."""
-    matches = [n for n in names if _name_key(n) and _stem_matches(Path(path).stem, _name_key(n))]
-    return max(matches, key=lambda n: len(_name_key(n)), default=None)
-
-
-def portrait_angle(path: Path, name: str | None) -> str:
-    """What follows the character's name in a portrait's stem: `elena-front` → "front", "" if nothing."""
-    stem = _name_key(Path(path).stem)
-    key = _name_key(name or "")
-    rest = stem[len(key) :] if key and stem.startswith(key) else stem.rpartition("-")[2]
-    return rest.strip("-_. ")
 
 
 # --------------------------------------------------------------------------- files
@@ -284,7 +142,6 @@ _PLAIN_LABEL = re.compile(  # older files write `Duration: 5s` without bold or b
     r"^(?P<name>duration|aspect ratio|camera mode|input frames|negative prompt)\s*[:：]\s*(?P<value>.*)$",
     re.IGNORECASE,
 )
-_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 def _blocks(text: str) -> Iterator[_Block]:
@@ -421,16 +278,6 @@ def _is_placeholder(text: str) -> bool:
     return bool(re.fullmatch(r"\s*\{[^{}]*\}\s*", text))
 
 
-def _value(text: str | None) -> str | None:
-    """A field value, or None for empty, `(none)` and template placeholders like `{N}s`."""
-    if text is None:
-        return None
-    value = text.strip()
-    if not value or value.lower() in ("(none)", "none", "-", "n/a") or _PLACEHOLDER.search(value):
-        return None
-    return value
-
-
 # --------------------------------------------------------------------------- Shot
 
 
@@ -439,43 +286,38 @@ def _build_shot(project: Path, path: Path, number: int, spec: _Spec) -> Shot:
     if "motion" not in prompts and "motion_decomp" in spec.prompts:
         prompts["motion"] = spec.prompts["motion_decomp"]
     if not prompts:
-        raise _Unusable(NO_MOTION_PROMPT)
+        raise UnusableShot(NO_MOTION_PROMPT)
     shot_id = check_shot_id(path.stem, _rel(project, path))
     return Shot(
         id=shot_id,
         number=number,
         source=resolve_in_project(project, path, _rel(project, path)),
-        shot_code=_value(spec.table.get("shot id")),
-        scene=_value(spec.table.get("scene")),
-        camera=_value(spec.table.get("camera")),
-        variation=_value(spec.table.get("variation")),
-        emotion=_value(spec.table.get("emotion")),
+        shot_code=field_value(spec.table.get("shot id")),
+        scene=field_value(spec.table.get("scene")),
+        camera=field_value(spec.table.get("camera")),
+        variation=field_value(spec.table.get("variation")),
+        emotion=field_value(spec.table.get("emotion")),
         duration_s=_spec_duration(spec),
-        aspect_ratio=_spec_aspect(spec),
+        aspect_ratio=parse_aspect_ratio(spec.labels.get("aspect ratio") or spec.table.get("aspect ratio")),
         camera_fixed=parse_camera_fixed(spec.labels.get("camera mode") or spec.labels.get("camera")),
         prompts=prompts,
         characters=tuple(spec.characters),
-        dialogue=_value(spec.table.get("dialogue")),
-        bgm=_value(spec.table.get("bgm")),
-        sfx=_value(spec.table.get("sfx")),
+        dialogue=field_value(spec.table.get("dialogue")),
+        bgm=field_value(spec.table.get("bgm")),
+        sfx=field_value(spec.table.get("sfx")),
         start_frame=_frame(project, f"{shot_id}-ff.png"),
         end_frame=_frame(project, f"{shot_id}-lf.png"),
         character_refs=find_character_refs(project, spec.characters),
-        negative_prompt=_value(spec.labels.get("negative prompt") or spec.prompts.get("negative")),
-        input_frames=_value(spec.labels.get("input frames")),
-        group=_value(spec.table.get("group")),
+        negative_prompt=field_value(spec.labels.get("negative prompt") or spec.prompts.get("negative")),
+        input_frames=field_value(spec.labels.get("input frames")),
+        group=field_value(spec.table.get("group")),
     )
 
 
 def _spec_duration(spec: _Spec) -> float | None:
     # "For aivp-video" Duration / Parameters beat the metadata table: they are what the clip needs.
-    for text in (spec.labels.get("duration"), spec.table.get("duration")):
-        try:
-            if (seconds := parse_duration(text)) is not None:
-                return seconds
-        except ValueError as exc:
-            raise _Unusable(str(exc)) from None
-    return None
+    line = parse_duration(spec.labels.get("duration"))
+    return line if line is not None else parse_duration(spec.table.get("duration"))
 
 
 def _duration_conflict(spec: _Spec) -> str | None:
@@ -497,95 +339,13 @@ def _seconds(value: float) -> str:
     return f"{int(value)}s" if value.is_integer() else f"{value}s"
 
 
-def _spec_aspect(spec: _Spec) -> str | None:
-    try:
-        return parse_aspect_ratio(spec.labels.get("aspect ratio") or spec.table.get("aspect ratio"))
-    except ValueError as exc:
-        raise _Unusable(str(exc)) from None
-
-
-def parse_camera_fixed(text: str | None) -> bool | None:
-    """`fixed`/`static` → True; `unfixed`/a camera move → False; the example's
-    `static (unfixed camera = NO)` → True; unknown or placeholder → None."""
-    value = (_value(text) or "").lower()
-    if not value:
-        return None
-    if answer := re.search(r"unfixed camera\s*[=:]\s*(yes|no|true|false)", value):
-        return answer.group(1) in ("no", "false")
-    if re.match(r"(unfixed|not fixed|non-fixed|free|moving|handheld|dynamic)", value):
-        return False
-    if re.match(r"(fixed|static|locked|tripod)", value):
-        return True
-    if re.search(r"\b(push|pull|pan|tilt|dolly|zoom|orbit|track|crane|truck)", value):
-        return False
-    return None
-
-
 def _frame(project: Path, name: str) -> Path | None:
     path = project / FRAMES_DIR / name
     if path.is_dir():  # not "no keyframe": that would silently render the shot as T2V
-        raise _Unusable(f"{(FRAMES_DIR / name).as_posix()} is a directory, not an image file")
+        raise UnusableShot(f"{(FRAMES_DIR / name).as_posix()} is a directory, not an image file")
     if not path.is_file():
         return None
     return resolve_in_project(project, FRAMES_DIR / name, (FRAMES_DIR / name).as_posix())
-
-
-def _name_key(name: str) -> str:
-    return re.sub(r"[\s_]+", "-", name.strip().lstrip("@").lower())
-
-
-def _stem_matches(stem: str, key: str) -> bool:
-    # `ana` must not pick up `anastasia.png`: the name has to end at a separator.
-    stem = _name_key(stem)
-    return stem == key or (stem.startswith(key) and stem[len(key)] in "-_. ")
-
-
-# --------------------------------------------------------------------------- selection & frame plan
-
-
-def _number_of(shot_id: str | None) -> int | None:
-    match = re.fullmatch(r"(?:shot-)?(\d+)", shot_id or "")
-    return int(match.group(1)) if match else None
-
-
-@dataclass(frozen=True)
-class _Known:
-    id: str
-    number: int | None
-    code: str | None  # the metadata table's Shot ID
-
-
-def _match_selection(item: int | float | str, known: list[_Known]) -> set[str]:
-    """An id, else a shot number (`2`, `02`, `shot-02`), else a Shot ID (`1.2`)."""
-    token = str(item).strip()
-    ids = {k.id for k in known if k.id == token}
-    if not ids and not isinstance(item, float) and (number := _number_of(token)) is not None:
-        ids = {k.id for k in known if k.number == number}
-    if not ids:
-        codes = {k.code for k in known if k.code and _same_code(k.code, item)}
-        if len(codes) > 1:  # `shots=[1.10]` reaches us as the float 1.1
-            either = " or ".join(sorted(codes))
-            raise StoryboardError(
-                "shots", f"{token} could be Shot ID {either}; quote it: shots=['{max(codes)}']"
-            )
-        ids = {k.id for k in known if k.code in codes}
-    if not ids:
-        have = ", ".join(sorted({k.id for k in known})) or "none"
-        codes = ", ".join(sorted({k.code for k in known if k.code}))
-        by_code = f", or by Shot ID: {codes}" if codes else ""
-        raise StoryboardError("shots", f"no such shot: {token} (have: {have}){by_code}")
-    return ids
-
-
-def _same_code(code: str, item: int | float | str) -> bool:
-    if code == str(item).strip():
-        return True
-    if isinstance(item, float):
-        try:
-            return float(code) == item
-        except ValueError:
-            return False
-    return False
 
 
 def _frame_plan_warnings(project: Path, seen: dict[int, tuple[str, str | None]]) -> list[str]:

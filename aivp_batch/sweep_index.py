@@ -12,7 +12,9 @@ and `video/log/shot-NN.json`, and the sweep dir's `sweep.json` (member order) an
   each member's config differences. Links are relative (`posters/<member>/<shot>.jpg`, the
   members' own clips), so it works from the file system and from a static server. Every piece of
   text is escaped: prompts and errors are user data.
-- `contact-sheet.png`: the first, middle and last frame of every cell, each cell labelled.
+- `contact-sheet.png`: the first, middle and last frame of every cell, each cell labelled; pages of
+  50 cells (`contact-sheet-2.png`, …) past the first, so a 1,200-clip sweep is neither one
+  200,000-pixel-tall image nor half a gigabyte of pixels held at once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -50,6 +53,9 @@ LABEL_H = 34  # the label strip above each cell's frames
 GAP = 6
 POSTER_W = 480
 FRAMES_PER_CELL = 3
+# A contact sheet holds at most this many cells; a bigger sweep gets contact-sheet-2.png, -3…: a page
+# stays readable (about 8,800 px tall) and building it holds one page's pixels, never the sweep's.
+CELLS_PER_SHEET = 50
 
 
 @dataclass
@@ -60,7 +66,6 @@ class Cell:
     reason: str | None = None
     log: dict[str, Any] = field(default_factory=dict)
     clip: Path | None = None  # the member's clip, when it exists
-    frames: list[Image.Image] = field(default_factory=list)  # first, middle, last
 
 
 def member_dirs(sweep_dir: Path) -> list[str]:
@@ -203,35 +208,42 @@ def _resolution(log: Mapping[str, Any]) -> str | None:
 
 
 def read_frames(path: Path) -> list[Image.Image]:
-    """The first, middle and last frame of a clip (decoded in one pass); [] when it won't decode."""
+    """The first, middle and last frame of a clip; [] when it won't decode. The middle and the end
+    are reached by seeking (to the keyframe before, then decoding forward), so a long clip is not
+    decoded whole: a gallery of a thousand 1080p takes would otherwise decode every frame of each."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            total = stream.frames or 0
-            first = middle = last_frame = None
-            count = 0
-            for frame in container.decode(stream):
-                if first is None:
-                    first = frame.to_image()
-                if total and count == total // 2:
-                    middle = frame.to_image()
-                last_frame, count = frame, count + 1
-            if first is None or last_frame is None:
+            first = next(container.decode(stream), None)
+            if first is None:
                 return []
-            if middle is None:  # no frame count in the header: decode again to the middle
-                middle = _frame_at(path, (count - 1) // 2) or first
-            return [first, middle, last_frame.to_image()]
-    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError):
+            length = _length_s(container, stream)
+            middle = _frame_from(container, stream, length / 2)
+            last = _frame_from(container, stream, max(0.0, length - 1.0), last=True)
+            images = [first.to_image()] + [f.to_image() for f in (middle, last) if f is not None]
+            return images if len(images) == FRAMES_PER_CELL else [images[0]] * FRAMES_PER_CELL
+    except (av.FFmpegError, OSError, ValueError, EOFError, IndexError, StopIteration):
         return []
 
 
-def _frame_at(path: Path, index: int) -> Image.Image | None:
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
-            if i == index:
-                return frame.to_image()
-    return None
+def _length_s(container: Any, stream: Any) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / av.time_base if container.duration else 0.0
+
+
+def _frame_from(container: Any, stream: Any, at_s: float, *, last: bool = False) -> Any:
+    """The first frame at or after `at_s` (`last`: the clip's final frame, decoding on from there)."""
+    container.seek(int(at_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+    found = None
+    for frame in container.decode(stream):
+        if frame.time is not None and frame.time + 1e-6 < at_s:
+            continue
+        found = frame
+        if not last:
+            break
+    return found
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -246,7 +258,8 @@ def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def build_index(sweep_dir: Path) -> dict[str, Any]:
-    """Write `index.json`, `index.html`, the posters and `contact-sheet.png`; returns index.json's data."""
+    """Write `index.json`, `index.html`, the posters and the contact sheets; returns index.json's data.
+    Each clip is decoded once and its frames dropped as soon as its poster and sheet strip are drawn."""
     sweep_dir = Path(sweep_dir)
     members, shots, cells = collect(sweep_dir)
     overrides = {m: read_overrides(sweep_dir / m) for m in members}
@@ -258,31 +271,54 @@ def build_index(sweep_dir: Path) -> dict[str, Any]:
     }
     diffs = differences({m: chosen.get(m) or overrides[m] for m in members})
     picks = read_picks(sweep_dir)
-    rows = []
-    for cell in cells:
-        cell.frames = read_frames(cell.clip) if cell.clip else []
-        poster = _write_poster(sweep_dir, cell)
-        rows.append(_row(sweep_dir, cell, overrides[cell.member], diffs[cell.member], poster, picks))
+    rows, sheets = [], sheet_names(len(cells))
+    for name, page in zip(sheets, _pages(cells), strict=True):
+        sheet = ContactSheet(len(page))
+        for cell in page:
+            frames = read_frames(cell.clip) if cell.clip else []
+            poster = _write_poster(sweep_dir, cell, frames)
+            sheet.add(cell, frames)
+            rows.append(_row(sweep_dir, cell, overrides[cell.member], diffs[cell.member], poster, picks))
+        atomic_write_bytes(sweep_dir / name, sheet.png())
+    for stale in sweep_dir.glob("contact-sheet-*.png"):  # pages of an earlier, bigger index
+        if stale.name not in sheets:
+            stale.unlink(missing_ok=True)
     data = {
         "sweep_dir": str(sweep_dir),
         "generated": now_iso(),
         "members": [{"name": m, "overrides": overrides[m], "differences": diffs[m]} for m in members],
         "shots": shots,
         "picks": picks,
-        "contact_sheet": {"path": CONTACT_SHEET, "frames_per_cell": FRAMES_PER_CELL, "cells": len(cells)},
+        "contact_sheet": {
+            "path": sheets[0],
+            "pages": sheets,
+            "cells_per_page": CELLS_PER_SHEET,
+            "frames_per_cell": FRAMES_PER_CELL,
+            "cells": len(cells),
+        },
         "rows": rows,
     }
     atomic_write_text(sweep_dir / INDEX_JSON, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(sweep_dir / INDEX_HTML, render_html(data))
-    atomic_write_bytes(sweep_dir / CONTACT_SHEET, contact_sheet(cells))
     return data
 
 
-def _write_poster(sweep_dir: Path, cell: Cell) -> str | None:
-    if not cell.frames:
+def sheet_names(cells: int) -> list[str]:
+    """`contact-sheet.png`, then `contact-sheet-2.png`… for each further page of cells."""
+    pages = max(1, math.ceil(cells / CELLS_PER_SHEET))
+    stem, suffix = CONTACT_SHEET.rsplit(".", 1)
+    return [CONTACT_SHEET] + [f"{stem}-{k}.{suffix}" for k in range(2, pages + 1)]
+
+
+def _pages(cells: Sequence[Cell]) -> list[Sequence[Cell]]:
+    return [cells[i : i + CELLS_PER_SHEET] for i in range(0, len(cells), CELLS_PER_SHEET)] or [[]]
+
+
+def _write_poster(sweep_dir: Path, cell: Cell, frames: Sequence[Image.Image]) -> str | None:
+    if not frames:
         return None
     rel = f"{POSTERS}/{cell.member}/{_safe(cell.shot)}.jpg"
-    image = cell.frames[0].convert("RGB")
+    image = frames[0].convert("RGB")
     image.thumbnail((POSTER_W, POSTER_W))
     path = sweep_dir / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -382,11 +418,19 @@ def render_html(data: Mapping[str, Any]) -> str:
         '<link rel="icon" href="data:,">'  # no favicon.ico request (a 404 on a static server)
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{e(title)}</h1>\n<p>{len(data['shots'])} shots × {len(members)} members; "
-        f'<a href="{CONTACT_SHEET}">contact sheet</a>, <a href="{INDEX_JSON}">index.json</a>. '
+        f'{_sheet_links(data)}, <a href="{INDEX_JSON}">index.json</a>. '
         f"Generated {e(str(data['generated']))}.</p>\n"
         f"<table>\n<thead>{''.join(head)}</thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
         "</body></html>\n"
     )
+
+
+def _sheet_links(data: Mapping[str, Any]) -> str:
+    pages = (data.get("contact_sheet") or {}).get("pages") or [CONTACT_SHEET]
+    if len(pages) == 1:
+        return f'<a href="{_url(pages[0])}">contact sheet</a>'
+    links = " ".join(f'<a href="{_url(p)}">{k}</a>' for k, p in enumerate(pages, 1))
+    return f"contact sheets {links}"
 
 
 def _html_cell(r: Mapping[str, Any]) -> str:
@@ -418,37 +462,44 @@ def _html_cell(r: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def contact_sheet(cells: Sequence[Cell]) -> bytes:
-    """One strip per cell: a label, then its first, middle and last frame (grey boxes where a cell
-    has no clip, with the reason in the label). PNG bytes."""
-    width = GAP + FRAMES_PER_CELL * (THUMB_W + GAP)
-    strip = LABEL_H + THUMB_H + GAP
-    sheet = Image.new("RGB", (width, GAP + max(1, len(cells)) * strip), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=12)
-    for i, cell in enumerate(cells):
-        y = GAP + i * strip
-        log = cell.log
+class ContactSheet:
+    """One page: a strip per cell, a label, then its first, middle and last frame (grey boxes where a
+    cell has no clip, with the reason in the label)."""
+
+    def __init__(self, cells: int) -> None:
+        self.width = GAP + FRAMES_PER_CELL * (THUMB_W + GAP)
+        self.strip = LABEL_H + THUMB_H + GAP
+        self.image = Image.new("RGB", (self.width, GAP + max(1, cells) * self.strip), (255, 255, 255))
+        self.draw = ImageDraw.Draw(self.image)
+        self.font = ImageFont.load_default(size=12)
+        self.count = 0
+
+    def add(self, cell: Cell, frames: Sequence[Image.Image]) -> None:
+        y = GAP + self.count * self.strip
+        self.count += 1
+        log, draw, font, max_w = cell.log, self.draw, self.font, self.width - 2 * GAP
         line1 = f"{cell.shot}  {cell.member}"
         line2 = (
             " · ".join(x for x in (_take(log) if log else "", _cost_text(log), cell.status) if x)
             if cell.status == DONE
             else f"{cell.status}: {cell.reason or ''}"
         )
-        draw.text((GAP, y + 2), _clip_text(line1, draw, font, width - 2 * GAP), fill=(0, 0, 0), font=font)
+        draw.text((GAP, y + 2), _clip_text(line1, draw, font, max_w), fill=(0, 0, 0), font=font)
         colour = (0, 0, 0) if cell.status == DONE else (170, 0, 0)
-        draw.text((GAP, y + 17), _clip_text(line2, draw, font, width - 2 * GAP), fill=colour, font=font)
+        draw.text((GAP, y + 17), _clip_text(line2, draw, font, max_w), fill=colour, font=font)
         for k in range(FRAMES_PER_CELL):
             x = GAP + k * (THUMB_W + GAP)
-            if k < len(cell.frames):
-                sheet.paste(_fit(cell.frames[k], (THUMB_W, THUMB_H)), (x, y + LABEL_H))
+            if k < len(frames):
+                self.image.paste(_fit(frames[k], (THUMB_W, THUMB_H)), (x, y + LABEL_H))
             else:
                 draw.rectangle(
                     (x, y + LABEL_H, x + THUMB_W - 1, y + LABEL_H + THUMB_H - 1), fill=(200, 200, 200)
                 )
-    out = io.BytesIO()
-    sheet.save(out, format="PNG", optimize=True)
-    return out.getvalue()
+
+    def png(self) -> bytes:
+        out = io.BytesIO()
+        self.image.save(out, format="PNG", optimize=True)
+        return out.getvalue()
 
 
 def _clip_text(text: str, draw: ImageDraw.ImageDraw, font: Any, max_w: int) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .errors import PayloadInvalid
+from .local_files import check_local_file
+from .openapi import EndpointSchema
 from .planning import Job
-from .schemas import EndpointSchema, SchemaStore
+from .schema_store import SchemaStore
 
 
 def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, EndpointSchema]:
@@ -29,7 +31,7 @@ def validate_jobs(jobs: Iterable[Job], store: SchemaStore) -> dict[str, Endpoint
                 f"{where} field {key}: not declared by the endpoint's schema (the provider would ignore it)"
             )
         for field, path in job.files.items():
-            for issue in schema.check_local_file(field, path, min_image_px=job.min_image_px):
+            for issue in check_local_file(schema, field, path, min_image_px=job.min_image_px):
                 problems.append(f"{where} field {issue.path}: {issue.message}")
         problems.extend(f"{where} field {line}" for line in rule_problems(job))
     if problems:

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from aivp_batch.models import build_model_spec
-from aivp_batch.schemas import SchemaStore
+from aivp_batch.schema_store import SchemaStore
 from aivp_batch.snapshot import SNAPSHOT_DIR, Snapshot, SnapshotEntry, file_name, write_snapshot
 
 TIERS = ("iteration", "standard", "hero")

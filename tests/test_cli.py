@@ -148,7 +148,7 @@ def test_unknown_model_is_refused(film: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "aivp-batch: error: unknown model=nope (available: auto, hailuo02, kling_o3, kling_v25_turbo, "
-        "kling_v26, kling_v3, seedance_v1, seedance_v15, seedance_v2, sora2, veo31)"
+        "kling_v26, kling_v3, seedance_v1, seedance_v15, seedance_v2, sora2, veo31, wan25)"
     )
 
 

@@ -16,10 +16,14 @@ PROVIDERS = ["fal", "preview", "replicate", "local"]
 # The models with a `replicate:` block, and the Replicate model ids they use (all of them served,
 # with a hand-written schema, by the fake server: aivp_batch/testing/replicate_schemas/).
 ON_REPLICATE = {
+    "hailuo02": {"minimax/hailuo-02"},
+    "kling_o3": {"kwaivgi/kling-v3-omni-video"},
     "kling_v25_turbo": {"kwaivgi/kling-v2.5-turbo-pro"},
-    "seedance_v1": {"bytedance/seedance-1-pro"},
+    "seedance_v1": {"bytedance/seedance-1-pro", "bytedance/seedance-1-lite"},
     "veo31": {"google/veo-3.1", "google/veo-3.1-fast"},
+    "wan25": {"wan-video/wan-2.5-t2v", "wan-video/wan-2.5-i2v"},
 }
+ONLY_ON_REPLICATE = {"wan25"}  # no fal block
 
 
 def test_every_model_in_the_issue_is_configured() -> None:
@@ -34,6 +38,7 @@ def test_every_model_in_the_issue_is_configured() -> None:
         "veo31",
         "sora2",
         "hailuo02",
+        "wan25",
     }
 
 
@@ -66,6 +71,10 @@ def test_compose_every_combination(compose_cfg, provider: str, model: str, tier:
             build_model_spec(container["model"], container["provider"], tier)
         served = ", ".join(sorted(ON_REPLICATE))
         assert str(caught.value) == f"model={model} has no replicate endpoints; models on replicate: {served}"
+        return
+    if provider == "fal" and model in ONLY_ON_REPLICATE:
+        with pytest.raises(ConfigError, match=f"^model={model} has no fal endpoints; models on fal: "):
+            build_model_spec(container["model"], container["provider"], tier)
         return
     spec = build_model_spec(container["model"], container["provider"], tier)
     assert "T2V" in spec.modes and spec.durations
@@ -110,11 +119,12 @@ def test_reserved_provider_is_a_clear_error(compose_cfg, tmp_path) -> None:
 
 
 def test_model_without_provider_endpoints(compose_cfg) -> None:
-    cfg = OmegaConf.to_container(compose_cfg("model=hailuo02"), resolve=True)
+    cfg = OmegaConf.to_container(compose_cfg("model=seedance_v2"), resolve=True)
     with pytest.raises(ConfigError) as caught:
         build_model_spec(cfg["model"], {"name": "replicate"}, "standard")
     assert str(caught.value) == (
-        "model=hailuo02 has no replicate endpoints; models on replicate: kling_v25_turbo, seedance_v1, veo31"
+        "model=seedance_v2 has no replicate endpoints; models on replicate: hailuo02, kling_o3, "
+        "kling_v25_turbo, seedance_v1, veo31, wan25"
     )
     assert "\n" not in str(caught.value)
 
@@ -123,7 +133,7 @@ def test_models_on_a_provider_come_from_the_model_yamls() -> None:
     from aivp_batch.models import models_on
 
     assert models_on("replicate") == sorted(ON_REPLICATE)
-    assert set(models_on("fal")) == set(MODELS) - {"sora2"}  # sora2 is retired
+    assert set(models_on("fal")) == set(MODELS) - {"sora2"} - ONLY_ON_REPLICATE  # sora2 is retired
     assert models_on("nowhere") == []
 
 

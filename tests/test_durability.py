@@ -5,22 +5,28 @@ The points are where the journal changes, seen from the provider's side: while t
 the air (the journal says `unknown`: a rerun must find the request in fal's history, not send it
 again), while waiting on the status stream and while fetching the result (`submitted`: re-attach),
 and while downloading (`submitted`, the render paid: fetch it again, not buy it again). A fault
-holds the request there (`slow`) so the kill lands at that point.
+holds the request there (`slow`) so the kill lands at that point. The same on Replicate (the CLI
+against FakeReplicate over loopback): every prediction created exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import FAL_SCHEMAS, FAL_TEST_KEY
+from test_replicate_runner import TOKEN, replicate_overrides
 from test_runner_fal import _cli, fal_overrides, logs
 
 from aivp_batch.testing.fal_server import FakeFal, Fault
+from aivp_batch.testing.replicate_server import FakeReplicate, ReplicateFault
 
 POINTS = ["submit", "stream", "result", "download"]
 
@@ -57,5 +63,89 @@ def test_kill_at_each_write_point_then_rerun_pays_each_clip_once(
         # is free and the next job is already submitted).
         assert submits_before == (3 if point == "download" else 2)
     assert sorted(log["status"] for log in logs(film).values()) == ["done"] * 4
+    settled = Counter(e["identity"] for e in _ledger_events(film) if e["event"] == "settle")
+    assert len(settled) == 4 and set(settled.values()) == {1}  # each job's cost booked once
+
+
+# ---------------------------------------------------------------- the same on Replicate
+
+# Where a Replicate job is held when the runner is killed: its create in the air (the prediction
+# made, its answer held: the journal says `unknown`, and the rerun must find it in
+# GET /v1/predictions, not create it again), while polling it (`submitted`: re-attach by id) and
+# while downloading its output (`submitted`, the render paid: download it again, not buy it again).
+REPLICATE_POINTS = ["create", "get", "download"]
+_PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def _replicate_cli(overrides: list[str], tmp_path: Path, run_dir: str) -> subprocess.Popen:
+    """The command line in its own process, talking to the test's FakeReplicate over loopback."""
+    drop = {*_PROXIES, "FAL_KEY", "AIVP_CONFIG_DIR"}  # loopback must not go through a proxy
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(REPLICATE_API_TOKEN=TOKEN, HOME=str(tmp_path))
+    return subprocess.Popen(
+        [sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _until(condition, what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"the run never reached {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("point", REPLICATE_POINTS)
+def test_replicate_kill_at_each_write_point_then_rerun_creates_each_prediction_once(
+    point: str, film: Path, tmp_path: Path
+) -> None:
+    with FakeReplicate(token=TOKEN, latency_s=1.5) as rep:
+        # The second job is held at `point`; the first has gone through every write by then.
+        if point != "get":  # a create held after it took effect; the second download held
+            rep.faults.add(ReplicateFault("slow", on=point, after=1, seconds=30, applied=point == "create"))
+        overrides = replicate_overrides(
+            rep, film, tmp_path, "model=kling_v25_turbo", "provider.max_in_flight=1"
+        )
+        first = _replicate_cli(overrides, tmp_path, "run1")
+        try:
+            if point == "get":  # hold a poll of the second prediction, once it exists
+                _until(lambda: rep.stats.creates >= 2, "the second create")
+                second = max(rep.predictions.values(), key=lambda p: p.created).id
+                rep.faults.add(ReplicateFault("slow", on="get", match=second, seconds=30))
+            _until(lambda: rep.stats.faults_fired.get(f"{point}:slow", 0) >= 1, point)
+            if point == "create":
+                _until(lambda: rep.stats.creates >= 2, "the held create taking effect")
+            time.sleep(0.3)  # inside the held call
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        creates_before = rep.stats.creates
+        statuses = [json.loads(p.read_text())["status"] for p in (film / ".aivp/jobs").glob("*.json")]
+        assert ("unknown" if point == "create" else "submitted") in statuses
+
+        rerun = _replicate_cli(overrides, tmp_path, "run2")
+        out, err = rerun.communicate(timeout=180)
+        assert rerun.returncode == 0, err + out
+        # One create per job, none twice: the held one was made once, before the kill, and never again
+        # (while one downloads, its slot is free and the next job is already created).
+        assert creates_before == (3 if point == "download" else 2)
+        assert rep.stats.calls["create"] == rep.stats.creates == 4 == len(rep.stats.creates_by_input)
+        assert rep.stats.duplicate_creates == 0 and set(rep.stats.creates_by_input.values()) == {1}
+        if point == "create":
+            assert rep.stats.calls["list"] >= 1  # found again in the predictions list
+    got = logs(film)
+    assert sorted(log["status"] for log in got.values()) == ["done"] * 4
+    assert {log["request_id"] for log in got.values()} == set(rep.predictions)  # each clip its own create
+    records = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
+    if point == "create":  # shot-02's lost create was adopted from the list, not made again
+        [adopted] = [r for r in records if r.get("reconciled")]
+        assert adopted["request_id"] == got["shot-02"]["request_id"]
+    else:  # shot-02 was re-attached by its prediction id
+        assert got["shot-02"].get("reattached") and not any(r.get("reconciled") for r in records)
+    assert all((film / "video/clips" / f"{key}.mp4").stat().st_size > 1000 for key in got)
     settled = Counter(e["identity"] for e in _ledger_events(film) if e["event"] == "settle")
     assert len(settled) == 4 and set(settled.values()) == {1}  # each job's cost booked once

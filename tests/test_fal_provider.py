@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import av
 import httpx
 import pytest
+from hydra.utils import instantiate
 
-from aivp_batch.errors import AuthError, RequestFailed, TransientError
+from aivp_batch.errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from aivp_batch.media import sha256_file
 from aivp_batch.providers.base import StatusUpdate, Submission
-from aivp_batch.providers.fal import FalProvider, RetryPolicy, app_id, failure_message, parse_retry_after
+from aivp_batch.providers.fal import FalProvider, app_id, failure_message
+from aivp_batch.retry import RetryPolicy
 from aivp_batch.testing.fal_server import FakeFal, Fault, FaultPlan
 
 T2V = "fal-ai/kling-video/v3/pro/text-to-video"
@@ -147,13 +148,6 @@ def test_429_retry_after_is_honoured_on_status() -> None:
     assert elapsed >= 0.6  # FAST backoff alone would wait ≤ 0.05 s
 
 
-def test_retry_after_parses_seconds_and_http_dates() -> None:
-    assert parse_retry_after("2.5") == 2.5 and parse_retry_after(None) is None
-    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 28 <= (parse_retry_after(when) or 0) <= 30
-    assert parse_retry_after("soon") is None
-
-
 def test_submit_429_is_retried_and_makes_one_job() -> None:
     async def main(fal: FakeFal):
         async with make(fal) as p:
@@ -248,6 +242,67 @@ def test_retries_are_bounded() -> None:
         assert fal.stats.calls["result"] == FAST.attempts
 
 
+def test_each_retry_is_one_warning_in_fals_words(caplog: pytest.LogCaptureFixture) -> None:
+    async def main(fal: FakeFal):
+        async with make(fal, use_stream=False) as p:
+            return await generate(p)
+
+    caplog.set_level(logging.DEBUG)
+    with faulty(Fault("ingress_503", on="status"), Fault("429", on="result", retry_after=0.01)) as fal:
+        run(main(fal))
+    retries = [r for r in caplog.records if "; retry " in r.getMessage()]
+    assert [r.getMessage().split("; retry ")[0] for r in retries] == [
+        "fal status: HTTP 503 from fal's ingress",
+        "fal result: HTTP 429 (rate limited)",
+    ]
+    assert all(r.name == "aivp_batch.providers.fal" and r.levelno == logging.WARNING for r in retries)
+
+
+def test_fals_error_mapping_says_which_answers_are_transient() -> None:
+    provider = FalProvider("test-key")
+    transient = provider._transient  # the kind's policy (fal.yaml retry.kinds) and fal's mapping
+
+    def ingress(code: int) -> httpx.Response:
+        return httpx.Response(code, text="<html><center>nginx</center></html>")
+
+    def app(code: int, **headers: str) -> httpx.Response:
+        return httpx.Response(code, json={"detail": "boom"}, headers={"x-fal-request-id": "r-1", **headers})
+
+    # submit may bill: a 429 only, never a 5xx (not even the ingress's: a 504 may hide an accepted request)
+    assert transient(httpx.Response(429), "submit") == "HTTP 429 (rate limited)"
+    assert all(
+        transient(r, "submit") is None for r in (ingress(503), app(500), app(503), httpx.Response(408))
+    )
+    # a result's 5xx is the model's own answer, unless fal's ingress sent it
+    assert transient(ingress(502), "result") == "HTTP 502 from fal's ingress"
+    assert transient(httpx.Response(408), "result") == "HTTP 408 (request timeout)"
+    assert transient(app(502), "result") is None and transient(app(500), "result") is None
+    # the reads retry any 500/502/503/504 but fal's start timeout
+    for kind in ("status", "download", "token", "upload", "cancel", "pricing", "history"):
+        assert transient(app(500), kind) == "HTTP 500" and transient(ingress(504), kind) is not None
+        assert transient(app(504, **{"x-fal-request-timeout-type": "user"}), kind) is None
+        assert transient(app(501), kind) is None and transient(app(404), kind) is None
+    run(provider.aclose())
+
+
+def test_the_yaml_config_spells_out_the_code_defaults(compose_cfg) -> None:
+    cfg = compose_cfg("provider=fal")
+    provider = instantiate(cfg.provider.client, key="test-key")
+    default = FalProvider("test-key")
+    try:
+        assert isinstance(provider, FalProvider) and provider.retry == default.retry
+        submit, status, result = (provider.retry[k] for k in ("submit", "status", "result"))
+        assert submit.retry_on == (429,) and submit.connect_only and not status.connect_only
+        assert status.retries_status(500) and not result.retries_status(500) and result.retries_status(502)
+        assert status.attempts == 8 and status.max_retry_after_s == 60.0
+    finally:
+        run(provider.aclose())
+        run(default.aclose())
+    tuned = instantiate(compose_cfg("provider.retry.attempts=2").provider.client, key="test-key")
+    assert {p.attempts for p in tuned.retry.values()} == {2}
+    run(tuned.aclose())
+
+
 # ---------------------------------------------------------------- submit must not duplicate
 
 
@@ -262,6 +317,48 @@ def test_submit_lost_answer_is_unknown_and_never_resubmitted(kind: str) -> None:
             run(main(fal))
         assert fal.stats.calls["submit"] == 1
         assert len(fal.jobs) == (0 if kind == "ingress_503" else 1)
+
+
+def test_submit_429_until_retries_run_out_is_not_accepted() -> None:
+    async def main(fal: FakeFal):
+        async with make(fal) as p:
+            return await p.submit(T2V, {"prompt": "x"})
+
+    with faulty(Fault("429", on="submit", times=None, retry_after=0.01)) as fal:
+        with pytest.raises(SubmitNotAccepted) as err:
+            run(main(fal))
+        assert fal.stats.calls["submit"] == FAST.attempts and not fal.jobs
+    assert str(err.value) == (
+        f"{T2V}: submit not accepted (HTTP 429 (rate limited)) after 5 attempts; nothing was queued"
+    )
+
+
+def test_an_unreachable_fal_gives_up_in_words_naming_the_host() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+
+    async def main():
+        retry = RetryPolicy(attempts=3, base_s=0.01, max_s=0.02)
+        async with FalProvider(
+            "test-key", queue_url=url, rest_url=url, cdn_url=url, api_url=url, retry=retry
+        ) as p:
+            with pytest.raises(SubmitNotAccepted) as submit:
+                await p.submit(T2V, {"prompt": "x"})
+            with pytest.raises(TransientError) as cancel:
+                await p.cancel(Submission("req-1", T2V))
+            return submit.value, cancel.value
+
+    submit, cancel = run(main())
+    assert (
+        str(submit) == f"{T2V}: submit not accepted (connection refused) after 3 attempts; nothing was queued"
+    )
+    assert not isinstance(cancel, SubmitNotAccepted)
+    assert re.fullmatch(
+        rf"fal cancel: cannot reach {re.escape(url)} \(connection refused\) "
+        r"after 3 attempts over \d+(\.\d+)? s",
+        str(cancel),
+    ), str(cancel)
 
 
 def test_submit_reset_before_is_also_not_retried() -> None:

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from aivp_batch.errors import ConfigError
 from aivp_batch.grouping import Fallback, Group, group_shots, read_scene_settings, scene_setting, shots_of
 from aivp_batch.models import MultishotLimits, build_model_spec
-from aivp_batch.schemas import EndpointSchema
-from aivp_batch.storyboard import Shot
+from aivp_batch.openapi import EndpointSchema
+from aivp_batch.shots import Shot
 
 LIMITS = MultishotLimits(max_shots=6, shot_durations=tuple(range(1, 16)), total_durations=tuple(range(3, 16)))
 

@@ -190,6 +190,25 @@ def test_contact_sheet_has_three_labelled_frames_per_cell(swept: dict) -> None:
         assert flat == ([True] * 3 if name == FAILED else [False] * 3), name
 
 
+def test_a_big_sweep_gets_contact_sheet_pages(
+    swept: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(swept["sweep"], sweep)
+    monkeypatch.setattr(si, "CELLS_PER_SHEET", 3)
+    data = si.build_index(sweep)
+    pages = ["contact-sheet.png", "contact-sheet-2.png"]
+    assert data["contact_sheet"]["pages"] == pages and data["contact_sheet"]["cells"] == 4
+    strip = si.LABEL_H + si.THUMB_H + si.GAP
+    heights = [Image.open(sweep / p).size[1] for p in pages]
+    assert heights == [si.GAP + 3 * strip, si.GAP + 1 * strip]  # 3 cells, then the fourth
+    page = (sweep / si.INDEX_HTML).read_text()
+    assert all(f'href="{p}"' in page for p in pages)
+    monkeypatch.setattr(si, "CELLS_PER_SHEET", 50)
+    assert si.build_index(sweep)["contact_sheet"]["pages"] == pages[:1]
+    assert not (sweep / pages[1]).exists()  # the earlier index's second page is gone
+
+
 def test_seeds_on_a_seedless_model_are_labelled_takes() -> None:
     assert si._take({"seed": 2, "requested_seed": 2, "seed_sent": False}) == "take 2"
     assert si._take({"seed": 2, "requested_seed": 2, "seed_sent": True, "seed_returned": 2}) == "seed 2"

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from aivp_batch.errors import ConfigError, StoryboardError
 from aivp_batch.manifest import load_shots
-from aivp_batch.storyboard import ShotProblem
+from aivp_batch.shots import ShotProblem
 
 EXAMPLE = (Path(__file__).resolve().parents[1] / "examples" / "short-film").resolve()
 FRAMES = EXAMPLE / "image" / "frames"

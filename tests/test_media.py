@@ -11,8 +11,16 @@ import pytest
 from PIL import Image
 
 from aivp_batch.errors import MediaError
-from aivp_batch.media import MediaInfo, probe, sha256_file, sniff_bytes, sniff_content_type, verify_clip
-from aivp_batch.providers.preview import render_preview
+from aivp_batch.media import (
+    MediaInfo,
+    probe,
+    probe_header,
+    sha256_file,
+    sniff_bytes,
+    sniff_content_type,
+    verify_clip,
+)
+from aivp_batch.providers.preview_render import render_preview
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +58,19 @@ def test_probe_from_header_without_decoding(clip: Path) -> None:
     info = probe(clip, count_frames=False)
     assert info.frames == 24
     assert info.duration_s == pytest.approx(2.0, abs=0.1)
+
+
+def test_probe_header_states_what_the_header_says(clip: Path, tmp_path: Path) -> None:
+    # The local-file check's reading (aivp_batch.local_files): the same as probe's from the header.
+    width, height, fps, duration = probe_header(clip)
+    info = probe(clip, count_frames=False)
+    assert (width, height) == (info.width, info.height) == (160, 90)
+    assert fps == info.fps == pytest.approx(12.0)
+    assert duration == pytest.approx(info.duration_s, abs=1e-6)
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("this is not a video\n" * 50)
+    with pytest.raises(av.FFmpegError):  # PyAV's own error: the caller words it
+        probe_header(bogus)
 
 
 def test_verify_clip_accepts_the_expected_duration(clip: Path) -> None:

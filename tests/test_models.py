@@ -4,6 +4,7 @@ retired model is refused in one line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,17 @@ from aivp_batch.app import budget_warning
 from aivp_batch.errors import ConfigError, PayloadInvalid
 from aivp_batch.models import PayloadRule, build_model_spec, parse_rules
 from aivp_batch.planning import Plan, plan_jobs
-from aivp_batch.schemas import SchemaStore
-from aivp_batch.storyboard import Shot
+from aivp_batch.schema_store import SchemaStore
+from aivp_batch.shots import Shot
 from aivp_batch.validation import validate_jobs
 
 MODELS = sorted(p.stem for p in (REPO / "aivp_batch/conf/model").glob("*.yaml"))
-LIVE_MODELS = [m for m in MODELS if m not in ("sora2", "auto")]
+# The live models on fal: wan25 has only a replicate block (models on replicate: REPLICATE_MODELS).
+LIVE_MODELS = [
+    m
+    for m in MODELS
+    if m not in ("sora2", "auto") and OmegaConf.load(REPO / f"aivp_batch/conf/model/{m}.yaml").get("fal")
+]
 
 
 def spec_for(compose_cfg, model: str, tier: str):
@@ -295,7 +301,36 @@ def test_sora2_dry_run_exits_2_with_one_line(tmp_path) -> None:
 
 # ---------------------------------------------------------------- per provider: pricing, tiers, Replicate
 
-REPLICATE_MODELS = ["kling_v25_turbo", "seedance_v1", "veo31"]
+REPLICATE_MODELS = ["hailuo02", "kling_o3", "kling_v25_turbo", "seedance_v1", "veo31", "wan25"]
+TIERS = ("iteration", "standard", "hero")
+# The Replicate model ids the fixed storyboard's jobs go to, per model and tier (every one served,
+# with a hand-written schema, by the fake server: aivp_batch/testing/replicate_schemas/).
+REPLICATE_ENDPOINTS = {
+    "hailuo02": dict.fromkeys(TIERS, {"minimax/hailuo-02"}),
+    "kling_o3": dict.fromkeys(TIERS, {"kwaivgi/kling-v3-omni-video"}),
+    "kling_v25_turbo": dict.fromkeys(TIERS, {"kwaivgi/kling-v2.5-turbo-pro"}),
+    # Seedance 1 Lite is seedance_v1's iteration tier on Replicate (as Veo 3.1 Fast is veo31's)
+    "seedance_v1": {
+        "iteration": {"bytedance/seedance-1-lite"},
+        "standard": {"bytedance/seedance-1-pro"},
+        "hero": {"bytedance/seedance-1-pro"},
+    },
+    "veo31": {  # reference images (shot-04) on the full model only
+        "iteration": {"google/veo-3.1-fast", "google/veo-3.1"},
+        "standard": {"google/veo-3.1-fast", "google/veo-3.1"},
+        "hero": {"google/veo-3.1"},
+    },
+    "wan25": dict.fromkeys(TIERS, {"wan-video/wan-2.5-t2v", "wan-video/wan-2.5-i2v"}),
+}
+# Each family's own name for the first frame (shot-02: a keyframe only) and the end frame (shot-03).
+REPLICATE_FRAMES = {
+    "hailuo02": ("first_frame_image", "last_frame_image"),
+    "kling_o3": ("start_image", "end_image"),
+    "kling_v25_turbo": ("start_image", None),
+    "seedance_v1": ("image", "last_frame_image"),
+    "veo31": ("image", "last_frame"),
+    "wan25": ("image", None),
+}
 
 
 def replicate_spec(compose_cfg, model: str, tier: str):
@@ -376,6 +411,30 @@ def test_every_replicate_mode_validates_against_its_document(compose_cfg, tmp_pa
         assert not any(k.endswith("_url") for k in job.payload), job.payload  # no fal field names
     if model == "veo31" and tier != "hero":
         assert by_key["shot-01"].endpoint == "google/veo-3.1-fast"
+    assert {j.endpoint for j in plan.jobs} == REPLICATE_ENDPOINTS[model][tier]
+    start, end = REPLICATE_FRAMES[model]
+    assert set(by_key["shot-02"].files) == {start}
+    assert set(by_key["shot-03"].files) == {start, end} - {None}
+    if model == "kling_o3":  # Kling 3.0 Omni: portraits as reference_images, named in the prompt
+        ref = by_key["shot-04"]
+        assert ref.mode == "REF" and len(ref.payload["reference_images"]) == 2
+        assert "<<<image_1>>>" in ref.prompt and ref.payload["generate_audio"] is (tier != "iteration")
+
+
+@pytest.mark.parametrize("model", REPLICATE_MODELS)
+def test_iteration_is_the_cheapest_tier_on_replicate(compose_cfg, tmp_path, model) -> None:
+    shots = fixed_storyboard(tmp_path)
+    totals = {
+        tier: plan_jobs(
+            shots, replicate_spec(compose_cfg, model, tier), provider="replicate", seed=1
+        ).total_usd
+        for tier in TIERS
+    }
+    assert totals["iteration"] <= totals["standard"] <= totals["hero"], totals
+    if model != "kling_v25_turbo":  # one price for every tier
+        assert totals["iteration"] < totals["standard"], totals
+    if model not in ("kling_v25_turbo", "kling_o3"):  # Kling O3: hero is standard (Pro with audio)
+        assert totals["standard"] < totals["hero"], totals
 
 
 def test_replicate_models_are_priced_at_replicates_rates(compose_cfg, tmp_path) -> None:
@@ -389,10 +448,23 @@ def test_replicate_models_are_priced_at_replicates_rates(compose_cfg, tmp_path) 
     }
     # Veo 3.1 renders 6 s for a 5 s shot (4, 6 or 8): Fast without audio, Fast with, full with.
     assert [usd["veo31", t] for t in ("iteration", "standard", "hero")] == pytest.approx([0.6, 0.9, 2.4])
-    assert [usd["seedance_v1", t] for t in ("iteration", "standard", "hero")] == pytest.approx(
-        [0.15, 0.3, 0.75]
-    )
+    # Seedance: 1 Lite at 480p, then 1 Pro at 720p and 1080p.
+    assert [usd["seedance_v1", t] for t in TIERS] == pytest.approx([0.09, 0.3, 0.75])
     assert usd["kling_v25_turbo", "standard"] == pytest.approx(0.35)
+    # Hailuo-02 renders 6 s for a 5 s shot (6 or 10): 512p, 768p, 1080p.
+    assert [usd["hailuo02", t] for t in TIERS] == pytest.approx([0.102, 0.27, 0.48])
+    # Kling 3.0 Omni: Pro without audio, then with (hero is standard).
+    assert [usd["kling_o3", t] for t in TIERS] == pytest.approx([1.12, 1.68, 1.68])
+    # Wan 2.5 text-to-video takes no resolution: it renders (and is priced at) 720p in every tier;
+    # its image-to-video renders the tier's 480p, 720p or 1080p.
+    assert [usd["wan25", t] for t in TIERS] == pytest.approx([0.5, 0.5, 0.5])
+    keyframe = fixed_storyboard(tmp_path)[1:2]
+    wan_i2v = [
+        plan_jobs(keyframe, replicate_spec(compose_cfg, "wan25", t), provider="replicate", seed=1).jobs[0]
+        for t in TIERS
+    ]
+    assert [j.payload["resolution"] for j in wan_i2v] == ["480p", "720p", "1080p"]
+    assert [j.estimate_usd for j in wan_i2v] == pytest.approx([0.25, 0.5, 0.75])
     fal_hero = plan_jobs(shots, spec_for(compose_cfg, "veo31", "hero"), provider="fal", seed=1)
     assert fal_hero.total_usd == pytest.approx(3.6)  # fal's own 4k rate, not Replicate's
 
@@ -401,7 +473,7 @@ def test_a_model_not_on_replicate_exits_2_with_one_line(tmp_path) -> None:
     proc = run_cli(
         f"project_dir={EXAMPLE}",
         "provider=replicate",
-        "model=hailuo02",
+        "model=seedance_v2",
         "dry_run=true",
         "offline=true",
         cwd=tmp_path,
@@ -409,6 +481,55 @@ def test_a_model_not_on_replicate_exits_2_with_one_line(tmp_path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "aivp-batch: error: model=hailuo02 has no replicate endpoints; "
-        "models on replicate: kling_v25_turbo, seedance_v1, veo31"
+        "aivp-batch: error: model=seedance_v2 has no replicate endpoints; "
+        "models on replicate: hailuo02, kling_o3, kling_v25_turbo, seedance_v1, veo31, wan25"
     ]
+
+
+def test_a_model_only_on_replicate_exits_2_with_one_line_on_fal(tmp_path) -> None:
+    proc = run_cli(f"project_dir={EXAMPLE}", "model=wan25", "dry_run=true", "offline=true", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "aivp-batch: error: model=wan25 has no fal endpoints; models on fal: hailuo02, kling_o3, "
+        "kling_v25_turbo, kling_v26, kling_v3, seedance_v1, seedance_v15, seedance_v2, veo31"
+    ]
+
+
+# ---------------------------------------------------------------- multi-shot items as a JSON string
+
+
+def test_replicate_kling_sends_multi_prompt_as_one_json_string(compose_cfg, tmp_path) -> None:
+    """Kling 3.0 Omni on Replicate takes a group's shots as one JSON string of {prompt, duration}
+    items (`items: {encode: json}` in the model YAML); on fal the same model takes a list."""
+    from aivp_batch.planning import plan_multishot
+
+    shots = fixed_storyboard(tmp_path)
+    groups = [["shot-01", "shot-02"], ["shot-03", "shot-04"]]
+    spec = replicate_spec(compose_cfg, "kling_o3", "hero")
+    assert spec.multishot is not None and spec.multishot.items_encode == "json"
+    plan = plan_multishot(shots, spec, provider="replicate", seed=1, groups=groups)
+    assert not plan.errors and [j.key for j in plan.jobs] == ["group-01", "group-02"]
+    validate_jobs(plan.jobs, replicate_store(tmp_path))
+    text, ref = plan.jobs
+    assert (text.mode, ref.mode) == ("T2V", "REF")  # group-02: its characters, and shot-03's keyframe
+    assert set(ref.files) == {"start_image", "reference_images[0]", "reference_images[1]"}
+    for job in plan.jobs:
+        sent = job.payload["multi_prompt"]
+        assert isinstance(sent, str) and job.payload["prompt"]  # Replicate requires a prompt beside it
+        items = json.loads(sent)
+        assert [set(item) for item in items] == [{"prompt", "duration"}] * 2
+        assert [item["duration"] for item in items] == [5, 5] and job.payload["duration"] == 10
+        assert [item["prompt"] for item in items] == list(job.shot_prompts)
+        assert sent == json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    fal = plan_multishot(
+        shots, spec_for(compose_cfg, "kling_o3", "hero"), provider="fal", seed=1, groups=groups
+    )
+    assert [type(j.payload["multi_prompt"]) for j in fal.jobs] == [list, list]
+    assert fal.jobs[0].payload["multi_prompt"][0]["duration"] == "5"
+
+
+def test_an_unknown_items_encoding_is_refused(compose_cfg) -> None:
+    cfg = OmegaConf.to_container(compose_cfg("provider=replicate", "model=kling_o3"), resolve=True)
+    cfg["model"]["replicate"]["multishot"]["items"]["encode"] = "yaml"
+    with pytest.raises(ConfigError, match=r"replicate.multishot.items.encode must be one of json"):
+        build_model_spec(cfg["model"], cfg["provider"], "standard")

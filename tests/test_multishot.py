@@ -144,14 +144,14 @@ def test_an_edited_shot_clip_of_a_group_is_kept_and_its_neighbours_delivered(
 
 
 def test_a_clip_that_cannot_be_cut_is_kept_and_never_bought_again(film, tmp_path, monkeypatch) -> None:
-    import aivp_batch.runner as runner
+    import aivp_batch.output as output
 
-    real = runner.split_clip
+    real = output.split_clip
 
     def broken(*args, **kwargs):
         raise MediaError("group.mp4: part 2 is 5.500 s, expected 6.000 s")
 
-    monkeypatch.setattr(runner, "split_clip", broken)
+    monkeypatch.setattr(output, "split_clip", broken)
     code, _ = run_in_process(preview_overrides(film, tmp_path, "shots=[1,2]"), tmp_path / "run1", monkeypatch)
     assert code == 1 and renders(film) == 1
     got = logs(film)
@@ -160,7 +160,7 @@ def test_a_clip_that_cannot_be_cut_is_kept_and_never_bought_again(film, tmp_path
         assert "rerender=[group-01]" in got[key]["error"]
     [record] = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
     assert record["status"] == "done" and record["parts"] is None  # paid for: journalled done
-    monkeypatch.setattr(runner, "split_clip", real)
+    monkeypatch.setattr(output, "split_clip", real)
     code, summary = run_in_process(
         preview_overrides(film, tmp_path, "shots=[1,2]"), tmp_path / "run2", monkeypatch
     )

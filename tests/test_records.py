@@ -121,7 +121,7 @@ def test_kling_duration_text_follows_a_raised_duration(compose_cfg) -> None:
 
 
 def test_unused_inputs_are_named() -> None:
-    from aivp_batch.storyboard import Shot
+    from aivp_batch.shots import Shot
 
     ff, lf, face = (
         Path("/p/image/frames/shot-02-ff.png"),

@@ -19,6 +19,7 @@ from PIL import Image
 
 from aivp_batch.errors import AuthError, RequestFailed, SchemaUnavailable, SubmitNotAccepted, TransientError
 from aivp_batch.keys import find_key
+from aivp_batch.openapi import EndpointSchema
 from aivp_batch.providers.base import Download, StatusUpdate
 from aivp_batch.providers.replicate import (
     InputRejected,
@@ -31,7 +32,6 @@ from aivp_batch.providers.replicate import (
 )
 from aivp_batch.reconcile import LostSubmit, ReconcilePolicy, Verdict
 from aivp_batch.retry import RetryPolicy
-from aivp_batch.schemas import EndpointSchema
 from aivp_batch.testing.replicate_server import FakeReplicate, ReplicateFault
 
 TOKEN = "r8_provider-test-SECRET-42"

@@ -3,7 +3,7 @@ records; a 422 on create is one clear failure; a lost create answer is reconcile
 predictions list with no second create; a bad token stops the run before anything is created;
 and the command line itself (`python -m aivp_batch provider=replicate …`).
 
-The run's schemas come from Replicate (`schema_sources.schema_store_for`, which `app.schema_store`
+The run's schemas come from Replicate (`schema_store.schema_store_for`, which `app.schema_store`
 delegates to)."""
 
 from __future__ import annotations
@@ -229,3 +229,85 @@ def test_a_sweep_across_fal_and_replicate_on_the_two_fakes(rep, film, tmp_path) 
         assert all(log["status"] == "done" for log in got.values())
     rows = json.loads((tmp_path / "sweep/index.json").read_text())["rows"]
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)  # two hosts' takes side by side
+
+
+# ---------------------------------------------------------------- the other families on Replicate
+
+
+@pytest.mark.parametrize(
+    "model, endpoints, start, end, usd",
+    [
+        # Hailuo-02: 6 or 10 s at 768p ($0.045/s); the end frame as last_frame_image.
+        (
+            "hailuo02",
+            ["minimax/hailuo-02"] * 4,
+            "first_frame_image",
+            "last_frame_image",
+            [0.27, 0.27, 0.27, 0.45],
+        ),
+        # Wan 2.5: image-to-video at 720p, text-to-video at its default 1280*720 ($0.10/s); no end frame.
+        (
+            "wan25",
+            [
+                "wan-video/wan-2.5-i2v",
+                "wan-video/wan-2.5-i2v",
+                "wan-video/wan-2.5-t2v",
+                "wan-video/wan-2.5-i2v",
+            ],
+            "image",
+            None,
+            [0.5, 1.0, 0.5, 1.0],
+        ),
+    ],
+)
+def test_a_family_with_its_own_field_names_end_to_end(
+    rep, film, tmp_path, monkeypatch, model, endpoints, start, end, usd
+) -> None:
+    overrides = replicate_overrides(rep, film, tmp_path, f"model={model}")
+    code, summary = run_in_process(overrides, tmp_path / "run", monkeypatch)
+    assert code == 0, summary
+    got = logs(film)
+    assert [got[s]["endpoint"] for s in sorted(got)] == endpoints
+    assert all(log["status"] == "done" and log["request_id"] in rep.predictions for log in got.values())
+    two = got["shot-02"]["payload"]  # a keyframe and an end frame
+    assert two[start].startswith(f"{rep.url}/v1/files/")
+    if end:
+        assert got["shot-02"]["mode"] == "FLF" and two[end].startswith(f"{rep.url}/v1/files/")
+    else:  # a model without an end frame starts from the keyframe alone
+        assert got["shot-02"]["mode"] == "I2V" and set(two) - {"prompt", "duration", start} <= {
+            "seed",
+            "negative_prompt",
+            "resolution",
+        }
+    assert all(isinstance(log["payload"]["duration"], int) for log in got.values())
+    assert rep.stats.creates == 4 and rep.stats.duplicate_creates == 0
+    for log in got.values():
+        assert (film / "video/clips" / f"{log['id']}.mp4").is_file()
+    assert [got[s]["cost_usd"] for s in sorted(got)] == pytest.approx(usd)
+    assert summary["spent_usd"] == pytest.approx(sum(usd))
+
+
+def test_kling_omni_groups_send_multi_prompt_as_a_json_string(rep, film, tmp_path, monkeypatch) -> None:
+    """strategy=multishot on Replicate: one create per group, its shots as one JSON string of
+    {prompt, duration} items (Replicate's Kling 3.0 Omni), the clip cut into the shots' clips."""
+    from test_multishot import GROUPS, assert_delivered
+
+    overrides = replicate_overrides(rep, film, tmp_path, "model=kling_o3", "tier=hero", "strategy=multishot")
+    code, summary = run_in_process(overrides, tmp_path / "run", monkeypatch)
+    assert code == 0, summary
+    assert rep.stats.creates == 2 and rep.stats.duplicate_creates == 0
+    got = assert_delivered(film)
+    sent = {pid: pred.input for pid, pred in rep.predictions.items()}
+    for key in GROUPS:
+        payload = sent[got[key]["request_id"]]
+        assert got[key]["endpoint"] == "kwaivgi/kling-v3-omni-video"
+        assert isinstance(payload["multi_prompt"], str) and payload["prompt"]
+        items = json.loads(payload["multi_prompt"])
+        assert [i["duration"] for i in items] in ([5, 6], [4, 7]) and payload["duration"] == 11
+        assert [i["prompt"] for i in items] == [got[s]["prompt"] for s in GROUPS[key]]
+        assert payload["reference_images"] and all(u.startswith(rep.url) for u in payload["reference_images"])
+        assert payload["generate_audio"] is True
+    assert "start_image" in sent[got["group-01"]["request_id"]]  # shot-01's keyframe starts group-01
+    # Again: nothing is created; all of it is reused.
+    code, summary = run_in_process(overrides, tmp_path / "run2", monkeypatch)
+    assert code == 0 and rep.stats.creates == 2 and all(r["reused"] for r in summary["results"])

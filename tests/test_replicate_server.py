@@ -88,7 +88,13 @@ def test_a_missing_or_wrong_token_is_401_problem_json(client: httpx.Client) -> N
 
 def test_bundled_models_are_cog_documents_with_enums_behind_allof() -> None:
     models = load_models()
-    assert set(models) == {VEO, VEO + "-fast", SEEDANCE, "bytedance/seedance-1-pro", KLING}
+    assert set(models) == {
+        *(VEO, VEO + "-fast", SEEDANCE, "bytedance/seedance-1-pro", KLING, "kwaivgi/kling-v3-omni-video"),
+        *("minimax/hailuo-02", "wan-video/wan-2.5-t2v", "wan-video/wan-2.5-i2v"),
+    }
+    assert json.loads((SCHEMAS_DIR / "_about.json").read_text())["files"] == sorted(
+        p.name for p in SCHEMAS_DIR.glob("*__*.json")
+    )
     for name, model in models.items():
         schema = model["latest_version"]["openapi_schema"]
         schemas = schema["components"]["schemas"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,14 +19,19 @@ from aivp_batch.retry import (
     Attempt,
     GaveUp,
     Retryable,
+    RetryableStatus,
     RetryPolicy,
+    describe,
     parse_retry_after,
+    policies,
     policy_for,
     policy_table,
     retry_after_of,
+    retry_reason,
     retrying,
     send,
     statuses,
+    transport_reason,
 )
 from aivp_batch.testing.replicate_server import FakeReplicate, ReplicateFault
 
@@ -39,7 +45,16 @@ def server(*faults: ReplicateFault, **kw: Any) -> FakeReplicate:
     return FakeReplicate(token=TOKEN, faults=faults, **kw)
 
 
-async def call(url: str, kind: str, table: dict[str, RetryPolicy], method: str = "GET", **kw: Any):
+async def call(
+    url: str,
+    kind: str,
+    table: dict[str, RetryPolicy],
+    method: str = "GET",
+    *,
+    transient: Any = None,
+    give_up_on_status: bool = False,
+    **kw: Any,
+):
     events: list[Attempt] = []
     async with httpx.AsyncClient(timeout=5) as http:
         started = time.monotonic()
@@ -48,6 +63,8 @@ async def call(url: str, kind: str, table: dict[str, RetryPolicy], method: str =
             policy_for(table, kind),
             kind=kind,
             on_retry=events.append,
+            transient=transient,
+            give_up_on_status=give_up_on_status,
         )
         return response, events, time.monotonic() - started
 
@@ -85,6 +102,25 @@ def test_config_overrides_per_kind_and_status_shorthands() -> None:
         policy_table(kinds={"get": {"retries": 2}})
     with pytest.raises(ValueError, match="at least 1"):
         RetryPolicy(attempts=0)
+    with pytest.raises(ValueError, match="retry.kinds.get: must be a mapping"):
+        policy_table(kinds={"get": [429]})
+
+
+def test_policies_turn_a_providers_retry_argument_into_its_table() -> None:
+    rules = {"submit": {"retry_on": [429], "connect_only": True}, "poll": {}}  # a provider's own kinds
+    default = policies(None, rules)
+    assert set(default) == {"submit", "poll", "default"} and default["submit"].connect_only
+    numbers = policies(RetryPolicy(attempts=3, base_s=0.1, max_retry_after_s=5.0), rules)
+    assert numbers["poll"].attempts == numbers["submit"].attempts == 3 and numbers["submit"].retry_on == (
+        429,
+    )
+    assert numbers["poll"].max_retry_after_s == 5.0 and numbers["poll"].base_s == 0.1
+    conf = policies({"attempts": 2, "kinds": {"poll": {"retry_on": [503]}, "extra": None}}, rules)
+    assert conf["poll"].retry_on == (503,) and conf["extra"].attempts == 2 and conf["submit"].connect_only
+    assert policies(conf, rules) == conf  # a kind → policy table is taken as it is
+    assert set(policies()) == {*KIND_RULES, "default"}  # without rules: the module's own kinds
+    with pytest.raises(TypeError, match="expected a RetryPolicy"):
+        policies(8)
 
 
 def test_delay_is_backoff_or_the_servers_word_capped() -> None:
@@ -101,6 +137,8 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
     assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 28 <= (parse_retry_after(soon) or 0) <= 30  # against the clock when no `now` is given
 
 
 def test_retry_after_header_wins_over_the_body() -> None:
@@ -216,3 +254,70 @@ def test_retrying_blocks_retry_what_they_raise_as_retryable() -> None:
     tries, events = asyncio.run(main())
     assert tries == 3 and [e.reason for e in events] == ["short body", "short body"]
     assert all(e.delay_s == 0.01 for e in events)
+
+
+# ---------------------------------------------------------------- a provider's error mapping
+
+
+def test_the_providers_mapping_has_the_last_word_on_a_listed_status() -> None:
+    seen: list[tuple[int, str]] = []
+
+    def gateway_only(response: httpx.Response, kind: str) -> str | None:
+        seen.append((response.status_code, kind))
+        return f"HTTP {response.status_code} from the gateway" if response.status_code == 503 else None
+
+    with server(ReplicateFault("503", on="account", times=2)) as rep:
+        url = f"{rep.url}/v1/account"
+        response, events, _ = asyncio.run(call(url, "get", policy_table(**FAST), transient=gateway_only))
+        assert response.status_code == 200 and rep.stats.calls["account"] == 3
+    assert [e.reason for e in events] == ["HTTP 503 from the gateway"] * 2 and seen == [(503, "get")] * 2
+    with server(ReplicateFault("500", on="account")) as rep:  # listed, but the mapping calls it an answer
+        url = f"{rep.url}/v1/account"
+        response, events, _ = asyncio.run(call(url, "get", policy_table(**FAST), transient=gateway_only))
+        assert response.status_code == 500 and events == [] and rep.stats.calls["account"] == 1
+    unlisted = httpx.Response(404)
+    assert retry_reason(unlisted, RetryPolicy(), "get", gateway_only) is None and seen[-1] == (500, "get")
+    assert retry_reason(httpx.Response(502), RetryPolicy()) == "HTTP 502"  # no mapping: the status decides
+
+
+def test_give_up_on_status_raises_when_retries_run_out_on_an_answer() -> None:
+    with server(ReplicateFault("429", on="account", times=None, retry_after="0")) as rep:
+        with pytest.raises(GaveUp) as info:
+            asyncio.run(call(f"{rep.url}/v1/account", "get", policy_table(**FAST), give_up_on_status=True))
+        assert rep.stats.calls["account"] == FAST["attempts"]
+    gave_up = info.value
+    assert gave_up.status_code == 429 and gave_up.attempts == FAST["attempts"] and gave_up.retried
+    assert not gave_up.never_sent and isinstance(gave_up.error, RetryableStatus)
+    assert gave_up.error.response.status_code == 429 and str(gave_up) == "get: HTTP 429 after 4 attempt(s)"
+
+
+def test_transport_errors_are_described_in_words() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1/account"
+    with pytest.raises(GaveUp) as info:
+        asyncio.run(call(url, "get", policy_table(attempts=1)))
+    assert info.value.status_code is None and describe(info.value.error) == "connection refused"
+    assert describe(httpx.ReadTimeout("slow")) == "no answer in time"
+    assert (
+        transport_reason(httpx.ReadError("odd")) is None
+        and describe(httpx.ReadError("odd")) == "ReadError: odd"
+    )
+    assert describe(Retryable("short body")) == "short body" and describe(ValueError()) == "ValueError"
+
+
+def test_a_retry_is_logged_here_only_when_the_caller_does_not(caplog: pytest.LogCaptureFixture) -> None:
+    async def main(on_retry: Any) -> None:
+        tries = 0
+        async for attempt in retrying(RetryPolicy(**FAST), "poll", on_retry=on_retry):
+            with attempt:
+                tries += 1
+                if tries < 2:
+                    raise Retryable("HTTP 503")
+
+    caplog.set_level(logging.INFO, logger="aivp_batch.retry")
+    events: list[Attempt] = []
+    asyncio.run(main(events.append))  # the caller logs it, in its words and with its secrets scrubbed
+    assert len(events) == 1 and not [r for r in caplog.records if r.name == "aivp_batch.retry"]
+    asyncio.run(main(None))
+    assert [r.getMessage().split(";")[0] for r in caplog.records if r.name == "aivp_batch.retry"] == [
+        "poll: HTTP 503"
+    ]

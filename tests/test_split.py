@@ -137,7 +137,7 @@ def test_cut_points_are_exact() -> None:
 
 
 def test_a_preview_group_splits_into_its_shots(tmp_path: Path) -> None:
-    from aivp_batch.providers.preview import render_preview
+    from aivp_batch.providers.preview_render import render_preview
 
     shots = [
         {"duration_s": 2, "prompt": "a", "title": "shot-01"},

@@ -11,19 +11,8 @@ import pytest
 from PIL import Image
 
 from aivp_batch.errors import StoryboardError
-from aivp_batch.storyboard import (
-    NO_MOTION_PROMPT,
-    Shot,
-    ShotProblem,
-    Storyboard,
-    check_shot_id,
-    find_character_refs,
-    parse_aspect_ratio,
-    parse_camera_fixed,
-    parse_duration,
-    read_storyboard,
-    select_shots,
-)
+from aivp_batch.shots import Shot, ShotProblem, Storyboard
+from aivp_batch.storyboard import NO_MOTION_PROMPT, read_storyboard
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "storyboards"
 FENCED = FIXTURES / "fenced-template"  # `### Seedance 2.0` / `### Kling 3.0` headings over fenced prompts
@@ -498,57 +487,6 @@ def test_video_duration_beats_metadata_and_placeholders_fall_back(tmp_path: Path
     assert [s.duration_s for s in board.shots] == [8.0, 6.0]
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("fixed", True),
-        ("static", True),
-        ("static (unfixed camera = NO)", True),
-        ("unfixed", False),
-        ("unfixed (tilt up)", False),
-        ("moving", False),
-        ("slow push in", False),
-        ("{fixed / unfixed}", None),
-        ("", None),
-        (None, None),
-        ("whatever", None),
-    ],
-)
-def test_parse_camera_fixed(text: str | None, expected: bool | None) -> None:
-    assert parse_camera_fixed(text) is expected
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("5s", 5.0),
-        ("5 s", 5.0),
-        ("5.5 seconds", 5.5),
-        ("7秒", 7.0),
-        ("4", 4.0),
-        (6, 6.0),
-        ("{N}s", None),
-        (None, None),
-    ],
-)
-def test_parse_duration(text: str | int | None, seconds: float | None) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["five", "0s", "-3s", "s5", True])
-def test_parse_duration_rejects(text: str | bool) -> None:
-    with pytest.raises(ValueError, match="bad duration"):
-        parse_duration(text)
-
-
-def test_parse_aspect_ratio() -> None:
-    assert parse_aspect_ratio("16:9 widescreen") == "16:9"
-    assert parse_aspect_ratio("9 : 16") == "9:16"
-    assert parse_aspect_ratio("{ratio}") is None
-    with pytest.raises(ValueError, match="bad aspect ratio"):
-        parse_aspect_ratio("widescreen")
-
-
 # --------------------------------------------------------------------------- the example project
 
 
@@ -697,23 +635,6 @@ def test_no_frame_plan_no_warning(tmp_path: Path) -> None:
     assert read_storyboard(make_project(tmp_path, {"shot-01.md": GOOD})).warnings == []
 
 
-def test_character_refs_match_name_prefix(tmp_path: Path) -> None:
-    folder = tmp_path / "image" / "characters"
-    folder.mkdir(parents=True)
-    for name in (
-        "elena-front.png",
-        "Elena_side.JPG",
-        "elenaxyz.png",
-        "elena.txt",
-        "marco.webp",
-        "old-man.png",
-    ):
-        (folder / name).write_bytes(b"x")
-    refs = find_character_refs(tmp_path, ["Elena", "Old Man"])
-    assert [p.name for p in refs] == ["Elena_side.JPG", "elena-front.png", "old-man.png"]
-    assert all(p.is_absolute() for p in refs)
-
-
 def test_symlinked_frame_escaping_the_project(tmp_path: Path) -> None:
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"png")
@@ -725,67 +646,11 @@ def test_symlinked_frame_escaping_the_project(tmp_path: Path) -> None:
     assert exc.value.file == "image/frames/shot-01-ff.png"
 
 
-# --------------------------------------------------------------------------- ids and selection
-
-
-@pytest.mark.parametrize("shot_id", ["shot-01", "clip-01", "A", "intro_2.take-3", "x" * 64])
-def test_check_shot_id_accepts(shot_id: str) -> None:
-    assert check_shot_id(shot_id, "manifest") == shot_id
-
-
-@pytest.mark.parametrize("shot_id", ["../../etc/x", "a..b", "", ".hidden", "-x", "a/b", "a b", "x" * 65, "ü"])
-def test_check_shot_id_rejects(shot_id: str) -> None:
-    with pytest.raises(StoryboardError, match="invalid shot id") as exc:
-        check_shot_id(shot_id, "manifest")
-    assert exc.value.file == "manifest"
-
-
-def test_select_shots() -> None:
-    board = read_storyboard(EXAMPLE)
-    assert [s.id for s in select_shots(board, [3, "shot-01"]).shots] == ["shot-01", "shot-03"]
-    assert [s.id for s in select_shots(board, ["02", "2", "shot-2"]).shots] == ["shot-02"]
-    assert [s.id for s in select_shots(board, "4").shots] == ["shot-04"]
-    assert select_shots(board, None) is board
-    with pytest.raises(
-        StoryboardError, match=r"no such shot: 9 \(have: shot-01, shot-02, shot-03, shot-04\)"
-    ):
-        select_shots(board, [1, 9])
-
-
-def test_select_shots_keeps_only_the_selected_problems(tmp_path: Path) -> None:
-    board = read_storyboard(make_project(tmp_path, {"shot-01.md": GOOD, "shot-02.md": "nothing here"}))
-    assert [p.shot for p in select_shots(board, ["shot-02"]).problems] == ["shot-02"]
-    chosen = select_shots(board, [1])
-    assert ([s.id for s in chosen.shots], chosen.problems) == (["shot-01"], [])
-
-
-# ------------------------------------------------ Shot IDs, frames that are folders, durations
+# --------------------------------------------------------------------------- folders for frames, durations
 
 
 def _coded(code: str, duration: str = "5s") -> str:
     return f"| Field | Value |\n|---|---|\n| Shot ID | {code} |\n| Duration | {duration} |\n\n{GOOD}"
-
-
-def test_select_shots_by_the_storyboards_own_shot_id() -> None:
-    board = read_storyboard(EXAMPLE)
-    assert [s.shot_code for s in board.shots] == ["1.1", "1.2", "1.3", "1.4"]
-    # `shots=[1.2]` reaches select_shots as the float 1.2; quoted, as the string "1.2".
-    assert [s.id for s in select_shots(board, [1.2]).shots] == ["shot-02"]
-    assert [s.id for s in select_shots(board, ["1.3", 1]).shots] == ["shot-01", "shot-03"]
-    with pytest.raises(StoryboardError, match=r"no such shot: 1\.9 .*or by Shot ID: 1\.1, 1\.2, 1\.3, 1\.4"):
-        select_shots(board, [1.9])
-
-
-def test_a_shot_number_beats_a_shot_id_and_an_ambiguous_float_is_refused(tmp_path: Path) -> None:
-    shots = {"shot-01.md": _coded("1.1"), "shot-02.md": _coded("1.10"), "shot-03.md": _coded("2")}
-    board = read_storyboard(make_project(tmp_path, shots))
-    assert [s.id for s in select_shots(board, [2]).shots] == ["shot-02"]  # shot number 2, not Shot ID 2
-    assert [s.id for s in select_shots(board, ["1.10"]).shots] == ["shot-02"]
-    assert [s.id for s in select_shots(board, ["1.1"]).shots] == ["shot-01"]
-    with pytest.raises(
-        StoryboardError, match=r"1\.1 could be Shot ID 1\.1 or 1\.10; quote it: shots=\['1\.10'\]"
-    ):
-        select_shots(board, [1.1])  # `shots=[1.10]`, as Hydra reads it
 
 
 def test_a_keyframe_that_is_a_directory_is_a_problem_not_t2v(tmp_path: Path) -> None:

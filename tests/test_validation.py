@@ -17,8 +17,8 @@ from PIL import Image
 from aivp_batch.errors import PayloadInvalid
 from aivp_batch.models import DEFAULT_MIN_IMAGE_PX, build_model_spec
 from aivp_batch.planning import Job, plan_jobs
-from aivp_batch.schemas import SchemaStore
-from aivp_batch.storyboard import Shot
+from aivp_batch.schema_store import SchemaStore
+from aivp_batch.shots import Shot
 from aivp_batch.validation import validate_jobs
 
 SEEDANCE_I2V = "fal-ai/bytedance/seedance/v1.5/pro/image-to-video"  # no x-fal limits on its images

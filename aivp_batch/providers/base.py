@@ -128,10 +128,19 @@ class ClipSink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._file is not None
+        if exc_type is not None:
+            self._file.close()  # a failed transfer: nothing more to write
+            return
+        tail, self._buffer = bytes(self._buffer), bytearray()
+        # The tail too goes through the worker thread: when the page cache is full of dirty clip
+        # pages (a big sweep on a slow disk) even one short write can stall for a while.
+        await asyncio.to_thread(self._finish, tail)
+
+    def _finish(self, tail: bytes) -> None:
+        assert self._file is not None
         try:
-            if exc_type is None and self._buffer:
-                self._put(bytes(self._buffer))  # the tail: under one block, written inline
-                self._buffer = bytearray()
+            if tail:
+                self._put(tail)
         finally:
             self._file.close()
 

@@ -6,44 +6,55 @@ and the request history (`/v1/models/requests/by-endpoint`), which finds a reque
 answer was lost.
 Every base URL comes from the constructor so tests can point them all at a local `FakeFal`.
 
-Retry rules, the money-relevant part:
+Retry rules, the money-relevant part (the loop, backoff and `Retry-After` are `aivp_batch.retry`;
+the policy per call kind is data, `RETRY_KINDS`, spelled out in conf/provider/fal.yaml `retry:`;
+which answers are transient is fal's error mapping, `transient_reason`):
 - submit is retried only when fal surely never saw it (connect failure, 429). A read timeout,
   a reset after sending or a 5xx may hide an accepted (billed) request, so submit raises
   `TransientError` saying so and the runner records the job as unknown instead of resubmitting.
-- status, stream, result, download, token, upload and cancel are idempotent reads or
-  content-addressed writes: retried with exponential backoff + jitter, honouring `Retry-After`,
-  on 429, 408, fal's ingress 502/503/504 (nginx HTML, no `x-fal-request-id`) and transport errors.
-  Status polling also retries any 5xx (as fal-js does). A result's non-2xx is the model's own
+- status, stream, result, download, token, upload, cancel, pricing and history are idempotent
+  reads or content-addressed writes: retried with exponential backoff + jitter, honouring
+  `Retry-After`, on 429, 408, fal's ingress 502/503/504 (nginx HTML, no `x-fal-request-id`) and
+  transport errors. The reads other than result also retry a 500/502/503/504 (as fal-js does
+  for status polls) unless it is fal's start timeout. A result's non-2xx is the model's own
   answer replayed (422, 499, 504 start timeout…): final, never retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import errno
 import functools
 import json
 import logging
 import mimetypes
-import random
 import re
-import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ..errors import AuthError, RequestFailed, SubmitNotAccepted, TransientError
 from ..keys import HOW_TO_SET, redact
 from ..media import sha256_file, sniff_bytes
+from ..retry import (
+    Attempt,
+    GaveUp,
+    Retryable,
+    RetryableStatus,
+    RetryPolicy,
+    describe,
+    policies,
+    policy_for,
+    retry_reason,
+    retrying,
+    send,
+)
 from .base import (
     ClipSink,
     Download,
@@ -61,55 +72,28 @@ log = logging.getLogger(__name__)
 
 MISSING_KEY = f"no fal API key found; {HOW_TO_SET}"
 MAX_SINGLE_UPLOAD = 100 * 1024 * 1024  # fal's multipart threshold; multipart is not implemented
-_SAFE_SUBMIT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # request never sent
 _STREAM_OPENS = 3  # first open + two re-opens, then fall back to polling
-_READ_KINDS = ("status", "download", "token", "upload", "cancel", "pricing", "history")
 _PRICING_BATCH = 50  # fal accepts 1–50 endpoint ids per pricing call
 _HISTORY_PAGES = 50  # 5,000 rows: far more requests than one endpoint sees in a submit window
 
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Backoff for transient failures: try n waits min(base * 2**(n-1), max) × U(0.5, 1.5)."""
-
-    attempts: int = 8
-    base_s: float = 0.5
-    max_s: float = 30.0
-    jitter: bool = True
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            # The server said when; obey it, but never sleep unboundedly on a bogus header.
-            return min(retry_after, max(self.max_s, 60.0))
-        delay = min(self.base_s * 2 ** (attempt - 1), self.max_s)
-        return min(delay * random.uniform(0.5, 1.5), self.max_s) if self.jitter else delay
-
-
-class _Retry(Exception):
-    """A response (or a short download) worth another try."""
-
-    def __init__(self, reason: str, status_code: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+# fal's retry policy per call kind, over the shared numbers (aivp_batch.retry; fal.yaml's `retry:`
+# spells the same out, and config wins). Which answers with these statuses are transient is fal's
+# error mapping, `transient_reason`. Transport errors are retried on every kind; on submit only
+# those that never sent the request.
+_READ_RETRIES = (429, 408, 500, 502, 503, 504)
+RETRY_KINDS: dict[str, dict[str, Any]] = {
+    "submit": {"retry_on": (429,), "connect_only": True},  # may bill: only where fal surely never saw it
+    "status": {"retry_on": _READ_RETRIES},  # status polls and the SSE stream
+    "result": {"retry_on": (429, 408, 502, 503, 504)},  # a 5xx there is the app's answer unless ingress
+    "download": {"retry_on": _READ_RETRIES},
+    "token": {"retry_on": _READ_RETRIES},
+    "upload": {"retry_on": _READ_RETRIES},  # content-addressed: a duplicate costs nothing
+    "cancel": {"retry_on": _READ_RETRIES},
+    "pricing": {"retry_on": _READ_RETRIES},  # the Platform API
+    "history": {"retry_on": _READ_RETRIES},
+}
+RETRY_DEFAULTS: dict[str, Any] = {"max_retry_after_s": 60.0}  # where fal.yaml's numbers differ from retry's
+_ANSWER_KINDS = ("submit", "result")  # calls whose 5xx (not the ingress's) is the app's own answer
 
 
 def is_ingress_error(response: httpx.Response) -> bool:
@@ -121,20 +105,22 @@ def is_ingress_error(response: httpx.Response) -> bool:
     )
 
 
-def _transient_reason(response: httpx.Response, kind: str) -> str | None:
+def transient_reason(response: httpx.Response, kind: str) -> str | None:
+    """fal's error mapping (`aivp_batch.retry.Transient`): why `response` (body read) is a transient
+    failure worth another try, or None where it is an answer. Asked only about statuses that the
+    kind's policy retries: 429 and 408; fal's ingress 502/503/504 (the request never got in); any
+    other 5xx unless it is an app's own answer (a submit's, a result replaying the model's) or fal's
+    start timeout (`x-fal-request-timeout-type`), which are final."""
     code = response.status_code
     if code == 429:
         return "HTTP 429 (rate limited)"
-    if kind == "submit":
-        return None
     if code == 408:
         return "HTTP 408 (request timeout)"
     if is_ingress_error(response):
         return f"HTTP {code} from fal's ingress"
-    user_timeout = "x-fal-request-timeout-type" in response.headers  # fal's start timeout: final
-    if kind in _READ_KINDS and code in (500, 502, 503, 504):
-        return None if user_timeout else f"HTTP {code}"
-    return None
+    if kind in _ANSWER_KINDS or "x-fal-request-timeout-type" in response.headers:
+        return None
+    return f"HTTP {code}"
 
 
 def app_id(endpoint: str) -> str:
@@ -228,7 +214,7 @@ class FalProvider(Provider):
         start_timeout: float | None = None,
         client_timeout: float | None = None,
         use_stream: bool = True,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
         max_in_flight: int = 50,
         api_url: str = "https://api.fal.ai",
         price_ttl_s: float = 3600.0,
@@ -246,7 +232,8 @@ class FalProvider(Provider):
         self.start_timeout = start_timeout
         self.client_timeout = client_timeout
         self.use_stream = use_stream
-        self.retry = retry or RetryPolicy()
+        # Kind → RetryPolicy: config (fal.yaml's `retry:`), one RetryPolicy's numbers, or the defaults.
+        self.retry = policies(RETRY_DEFAULTS if retry is None else retry, RETRY_KINDS)
         pool = max_in_flight + 4  # one connection per job in flight, a few spare for uploads and the token
         headers = {"User-Agent": "aivp-batch (fal queue client)"}
         tls = _tls_context()
@@ -285,42 +272,36 @@ class FalProvider(Provider):
     def _auth_error(self, response: httpx.Response) -> AuthError:
         return AuthError(f"fal rejected the API key (HTTP {response.status_code}); {HOW_TO_SET}")
 
-    def _retrying(self, kind: str, retry_on: Callable[[BaseException], bool]) -> AsyncRetrying:
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            return self.retry.delay(
-                state.attempt_number, exc.retry_after if isinstance(exc, _Retry) else None
-            )
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
+    def _on_retry(self, kind: str) -> Callable[[Attempt], None]:
+        def log_retry(attempt: Attempt) -> None:
             log.warning(
-                self._clean(f"fal {kind}: {_describe(exc)}; retry {state.attempt_number} in {delay:.2f}s")
+                self._clean(f"fal {kind}: {attempt.reason}; retry {attempt.number} in {attempt.delay_s:.2f}s")
             )
 
-        return AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.retry.attempts)),
-            wait=wait,
-            retry=retry_if_exception(retry_on),
-            before_sleep=before_sleep,
-            reraise=True,
+        return log_retry
+
+    def _transient(self, response: httpx.Response, kind: str) -> str | None:
+        """Why `response` (body read) is retried under `kind`'s policy and fal's mapping, or None."""
+        return retry_reason(response, policy_for(self.retry, kind), kind, transient_reason)
+
+    async def _send(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request under `kind`'s policy and fal's error mapping; `GaveUp` (a transport error,
+        or retries running out on a transient answer) is the caller's to map."""
+        return await send(
+            lambda: self._http.pick().request(method, url, **kwargs),
+            policy_for(self.retry, kind),
+            kind=kind,
+            on_retry=self._on_retry(kind),
+            transient=transient_reason,
+            give_up_on_status=True,
         )
 
     async def _call(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One idempotent request with transient failures retried; exhaustion → TransientError."""
-        started, tries = time.monotonic(), 0
         try:
-            async for attempt in self._retrying(kind, _is_transient):
-                with attempt:
-                    tries += 1
-                    response = await self._http.pick().request(method, url, **kwargs)
-                    _raise_if_transient(response, kind)
-        except (_Retry, httpx.TransportError) as exc:
-            raise TransientError(
-                self._clean(_gave_up(kind, url, exc, tries, time.monotonic() - started))
-            ) from None
-        return response
+            return await self._send(kind, method, url, **kwargs)
+        except GaveUp as exc:
+            raise TransientError(self._clean(_gave_up(url, exc))) from None
 
     def complete_urls(self, sub: Submission) -> Submission:
         """Fill URLs an old record lacks, from the app-only form fal's clients use for resuming."""
@@ -424,31 +405,29 @@ class FalProvider(Provider):
         if self.start_timeout is not None:
             headers["X-Fal-Request-Timeout"] = f"{self.start_timeout:g}"
 
-        def safe_to_retry(exc: BaseException) -> bool:
-            return isinstance(exc, _SAFE_SUBMIT_ERRORS) or (
-                isinstance(exc, _Retry) and exc.status_code == 429
+        def not_accepted(reason: str, attempts: int) -> SubmitNotAccepted:
+            return SubmitNotAccepted(
+                self._clean(
+                    f"{endpoint}: submit not accepted ({reason}) after {attempts} attempts; "
+                    "nothing was queued"
+                )
             )
 
         unknown = f"{endpoint}: submit outcome unknown, fal may have accepted (and billed) the request"
         try:
-            async for attempt in self._retrying("submit", safe_to_retry):
-                with attempt:
-                    response = await self._http.pick().post(
-                        f"{self.queue_url}/{endpoint}", json=payload, headers=headers
-                    )
-                    _raise_if_transient(response, "submit")
-        except (_Retry, *_SAFE_SUBMIT_ERRORS) as exc:
-            raise SubmitNotAccepted(
-                self._clean(
-                    f"{endpoint}: submit not accepted ({_describe(exc)}) after "
-                    f"{self.retry.attempts} attempts; nothing was queued"
-                )
-            ) from None
-        except httpx.TransportError as exc:
-            raise TransientError(self._clean(f"{unknown} ({_describe(exc)})")) from None
+            response = await self._send(
+                "submit", "POST", f"{self.queue_url}/{endpoint}", json=payload, headers=headers
+            )
+        except GaveUp as exc:
+            # Retries ran out on a connection that never opened, or on 429s: fal queued nothing.
+            if exc.never_sent or exc.status_code == 429:
+                raise not_accepted(describe(exc.error), exc.attempts) from None
+            raise TransientError(self._clean(f"{unknown} ({describe(exc.error)})")) from None
         code = response.status_code
         if code in (401, 403):
             raise self._auth_error(response)
+        if code == 429:  # only where config stops retrying it: refused all the same
+            raise not_accepted(transient_reason(response, "submit") or f"HTTP {code}", 1)
         if code >= 500 or code == 408:
             raise TransientError(self._clean(f"{unknown} (HTTP {code})"))
         if code >= 400:
@@ -494,18 +473,18 @@ class FalProvider(Provider):
                 if final is not None:
                     return final
                 reason = "stream closed before COMPLETED"
-            except _Retry as exc:
+            except Retryable as exc:
                 reason, retry_after = exc.reason, exc.retry_after
             except _StreamUnusable as exc:
                 log.info(self._clean(f"fal stream for {sub.request_id} unusable ({exc}); polling"))
                 return None
             except (httpx.TransportError, SSEError, ValueError) as exc:
-                reason = _describe(exc)
+                reason = describe(exc)
             log.info(
                 self._clean(f"fal stream for {sub.request_id}: {reason} (open {attempt}/{_STREAM_OPENS})")
             )
             if attempt < _STREAM_OPENS:
-                await asyncio.sleep(self.retry.delay(attempt, retry_after))
+                await asyncio.sleep(policy_for(self.retry, "status").delay(attempt, retry_after))
         return None
 
     async def _stream_once(self, sub: Submission, progress: _Progress) -> dict[str, Any] | None:
@@ -518,7 +497,8 @@ class FalProvider(Provider):
                 await response.aread()
                 if response.status_code in (401, 403):
                     raise self._auth_error(response)
-                _raise_if_transient(response, "status")
+                if (reason := self._transient(response, "status")) is not None:
+                    raise RetryableStatus(response, reason)
                 raise _StreamUnusable(f"HTTP {response.status_code}")
             async for event in es.aiter_sse():
                 if not event.data:
@@ -597,13 +577,15 @@ class FalProvider(Provider):
     # ------------------------------------------------------------------ files
     async def download(self, url: str, dest: Path) -> Download:
         """Stream `url` into `dest`, hashing it on the way; a broken transfer restarts the file."""
+        policy = policy_for(self.retry, "download")
 
         async def once() -> Download:
             # No Authorization header: output media URLs are public, and the key must not leak to a CDN.
             async with self._http.pick().stream("GET", url) as response:
                 if not response.is_success:
                     await response.aread()
-                    _raise_if_transient(response, "download")
+                    if (reason := self._transient(response, "download")) is not None:
+                        raise RetryableStatus(response, reason)
                     raise RequestFailed(
                         f"download of {url} failed: HTTP {response.status_code}",
                         status_code=response.status_code,
@@ -613,16 +595,16 @@ class FalProvider(Provider):
                         await sink.write(chunk)
                 expected = response.headers.get("content-length")
                 if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
-                    raise _Retry(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
+                    raise Retryable(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
             return sink.result()
 
         try:
-            async for attempt in self._retrying("download", _is_transient):
+            async for attempt in retrying(policy, "download", on_retry=self._on_retry("download")):
                 with attempt:
                     size = await once()
-        except (_Retry, httpx.TransportError) as exc:
+        except (Retryable, httpx.TransportError) as exc:
             raise TransientError(
-                f"download of {url} failed after {self.retry.attempts} attempts: {_describe(exc)}"
+                f"download of {url} failed after {policy.attempts} attempts: {describe(exc)}"
             ) from None
         return size
 
@@ -727,16 +709,6 @@ class _StreamUnusable(Exception):
     """The stream endpoint answered with a non-transient error: poll instead of re-opening."""
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _Retry | httpx.TransportError)
-
-
-def _raise_if_transient(response: httpx.Response, kind: str) -> None:
-    reason = _transient_reason(response, kind)
-    if reason:
-        raise _Retry(reason, response.status_code, parse_retry_after(response.headers.get("retry-after")))
-
-
 def _billable_units(response: httpx.Response) -> float | None:
     """`x-fal-billable-units`: what fal charges for, in the endpoint's billing unit (the output's
     real size, e.g. 3.008 s of audio for a 3 s request): recorded as sent, never recomputed."""
@@ -784,14 +756,15 @@ def _platform_error(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
-def _gave_up(kind: str, url: str, exc: BaseException, tries: int, elapsed_s: float) -> str:
+def _gave_up(url: str, exc: GaveUp) -> str:
     """`fal token: cannot reach https://rest.fal.ai (connection refused) after 8 attempts over 61 s`."""
-    spent = f"after {tries} attempt{'s' if tries != 1 else ''} over {_duration(elapsed_s)}"
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return f"fal {kind}: cannot reach {_origin(url)} ({_describe(exc)}) {spent}"
-    if isinstance(exc, httpx.TransportError):
-        return f"fal {kind} failed {spent}: {_origin(url)}: {_describe(exc)}"
-    return f"fal {kind} failed {spent}: {_describe(exc)}"
+    tries, error = exc.attempts, exc.error
+    spent = f"after {tries} attempt{'s' if tries != 1 else ''} over {_duration(exc.elapsed_s)}"
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"fal {exc.kind}: cannot reach {_origin(url)} ({describe(error)}) {spent}"
+    if isinstance(error, httpx.TransportError):
+        return f"fal {exc.kind} failed {spent}: {_origin(url)}: {describe(error)}"
+    return f"fal {exc.kind} failed {spent}: {describe(error)}"
 
 
 def _origin(url: str) -> str:
@@ -804,58 +777,3 @@ def _origin(url: str) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.{2 if seconds < 1 else 1 if seconds < 10 else 0}f} s"
-
-
-_TIMEOUTS = {
-    httpx.ConnectTimeout: "connection timed out",
-    httpx.ReadTimeout: "no answer in time",
-    httpx.WriteTimeout: "sending timed out",
-    httpx.PoolTimeout: "no free connection in time",
-}
-_ERRNOS = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.ECONNRESET: "connection reset",
-    errno.ECONNABORTED: "connection aborted",
-    errno.ENETUNREACH: "network unreachable",
-    errno.EHOSTUNREACH: "host unreachable",
-    errno.ETIMEDOUT: "connection timed out",
-    errno.EPIPE: "connection closed while sending",
-}
-
-
-def _transport_reason(exc: httpx.TransportError) -> str | None:
-    """What a transport error means in words, from the OS error under it (None: nothing known)."""
-    for kind, words in _TIMEOUTS.items():
-        if isinstance(exc, kind):
-            return words
-    cause: BaseException | None = exc
-    seen: set[int] = set()
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, socket.gaierror):
-            if cause.errno == getattr(socket, "EAI_AGAIN", None):
-                return "name lookup failed (temporary failure in name resolution)"
-            return "host name not found"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate not trusted: {cause.verify_message}"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS failed: {cause.reason or cause}"
-        if isinstance(cause, OSError) and cause.errno in _ERRNOS:
-            return _ERRNOS[cause.errno]
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"the server broke the connection ({exc})" if str(exc) else "the server broke the connection"
-    return None
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    if isinstance(exc, httpx.TransportError) and (reason := _transport_reason(exc)):
-        return reason
-    text = str(exc)
-    return (
-        f"{type(exc).__name__}: {text}"
-        if text and not isinstance(exc, _Retry)
-        else (text or type(exc).__name__)
-    )

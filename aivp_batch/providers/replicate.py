@@ -65,10 +65,9 @@ from ..retry import (
     GaveUp,
     Retryable,
     RetryableStatus,
-    RetryPolicy,
     describe,
+    policies,
     policy_for,
-    policy_table,
     retrying,
     send,
 )
@@ -154,7 +153,7 @@ def parse_endpoint(endpoint: str) -> ModelRef:
 
 def endpoint_document(openapi_schema: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
     """A copy of a Cog `openapi_schema` whose `paths["/<endpoint>"]` POST body is
-    `#/components/schemas/Input`, so `schemas.EndpointSchema(endpoint, doc)` validates against
+    `#/components/schemas/Input`, so `openapi.EndpointSchema(endpoint, doc)` validates against
     `Input` with the whole document (all of `components.schemas`) as the `$ref` root, rewrites
     OpenAPI-3.0 `nullable`, and reports undeclared keys — the same validator as fal's."""
     doc = copy.deepcopy(dict(openapi_schema))
@@ -270,22 +269,6 @@ class _Progress:
 # --------------------------------------------------------------------------- provider
 
 
-def _policies(retry: Any) -> dict[str, RetryPolicy]:
-    """None → defaults; a RetryPolicy → its numbers with the per-kind rules; a kind → policy
-    mapping as is; else config (`attempts`, `base_s`, `max_s`, …, `kinds`) for `policy_table`."""
-    if retry is None:
-        return policy_table()
-    if isinstance(retry, RetryPolicy):
-        return policy_table(retry.attempts, retry.base_s, retry.max_s, retry.max_retry_after_s, retry.jitter)
-    if isinstance(retry, Mapping) and retry and all(isinstance(v, RetryPolicy) for v in retry.values()):
-        return dict(retry)
-    if isinstance(retry, Mapping):
-        conf = {str(k): v for k, v in retry.items() if k != "_target_"}
-        kinds = conf.pop("kinds", None)
-        return policy_table(**conf, kinds={str(k): dict(v or {}) for k, v in (kinds or {}).items()})
-    raise TypeError(f"retry: expected a RetryPolicy, a kind → RetryPolicy mapping or config, got {retry!r}")
-
-
 class ReplicateProvider(Provider):
     """Replicate over its HTTP API with httpx. Use as an async context manager."""
 
@@ -309,7 +292,7 @@ class ReplicateProvider(Provider):
         self.base_url = base_url.rstrip("/")
         self.poll_interval = poll_interval
         self.poll_max_s = max(poll_max_s, poll_interval)
-        self.retry = _policies(retry)
+        self.retry = policies(retry)
         self.cancel_after = cancel_after
         # For the runner's reconciliation: a created prediction is listed at once, whatever its
         # status (an aborted one too), so one absent after this deadline (plus the runner's margin)

@@ -45,7 +45,8 @@ Faults (`ReplicateFault`, scripted and counted, first matching rule wins): `429`
 answer), `reset_after` (does the work — e.g. creates the prediction — then RSTs: the lost create
 answer), `slow` (sleep `seconds`, then answer), `fail` (create: the prediction ends `failed` with
 `message`), `truncate` (download: half the body, then RST). `applied=True` makes a 5xx happen
-after the work, like `reset_after`.
+after the work, like `reset_after`, and makes a `slow` one hold the answer after the work (a create
+that took effect and is answered `seconds` late: where a killed client leaves it).
 
 Accounting (`ReplicateStats`): calls per kind, `creates` (predictions created by create calls),
 `duplicate_creates` (the same model+version+input created more than once), `files` and
@@ -681,6 +682,16 @@ class _Handler(FakeHandler):
     def _drain_body(self) -> None:
         self._body()
 
+    def _take_fault(self, on: str, subject: str) -> ReplicateFault | None:
+        """Count the call and take its fault, as the shared plumbing does, except that an `applied`
+        `slow` one sleeps after the work (`_after_work`), not before it."""
+        fake = self.rep
+        fake.count(on)
+        f: ReplicateFault | None = fake.fault(on, subject)
+        if f is not None and f.kind == "slow" and not f.applied:
+            time.sleep(f.seconds)
+        return f
+
     def _route(self, method: str, segs: list[str]) -> None:
         if segs == ["v1", "account"] and method == "GET":
             return self._account()
@@ -760,9 +771,12 @@ class _Handler(FakeHandler):
         raise _Answered
 
     def _after_work(self, f: ReplicateFault | None) -> None:
-        """An applied 5xx fault answers only now, after the work was done."""
+        """An applied 5xx fault answers only now, after the work was done; an applied `slow` one
+        holds the answer that long (cut short when the server stops)."""
         if f is not None and f.applied and f.kind in ("500", "502", "503", "504"):
             self._server_error(int(f.kind))
+        if f is not None and f.applied and f.kind == "slow":
+            self.rep._stopping.wait(f.seconds)
 
     def _require_token(self) -> None:
         scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
