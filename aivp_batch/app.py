@@ -105,7 +105,7 @@ def build_plan(cfg: DictConfig, paths: Paths) -> tuple[Plan, list[str], list[str
     if not provider.get("available", False):
         raise ConfigError(
             f"provider={provider.get('name')} is reserved and not available yet; "
-            "use provider=fal or provider=preview"
+            "use provider=fal, provider=replicate or provider=preview"
         )
     # A setting left at its declared default (null) keeps the tier's value.
     settings = {k: v for k, v in _container(cfg.settings).items() if v is not None}
@@ -165,10 +165,14 @@ def provider_key(cfg: DictConfig) -> str | None:
 
 
 def make_provider(cfg: DictConfig, paths: Paths) -> Provider:
-    key = provider_key(cfg)
-    if key is not None:
-        return instantiate(cfg.provider.client, key=key)
-    return instantiate(cfg.provider.client, work_dir=paths.store_dir / "renders")
+    """The provider's `client:` built by its `_target_`, given what its YAML declares it needs: the
+    key named by `key_env`, and a `work_dir` in the job store where its client block asks for one."""
+    needs: dict[str, Any] = {}
+    if (key := provider_key(cfg)) is not None:
+        needs["key"] = key
+    if "work_dir" in cfg.provider.client:
+        needs["work_dir"] = paths.store_dir / "renders"
+    return instantiate(cfg.provider.client, **needs)
 
 
 def format_plan(plan: Plan, model: str | None = None) -> str:

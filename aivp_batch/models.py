@@ -13,6 +13,7 @@ tier keys merged over the model's own `tiers` block, e.g. a variant spelt differ
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,16 @@ class FieldSpec:
     # For character refs: "element" → one {frontal_image_url, reference_image_urls} per character
     # (Kling elements; "frontal_image" is the old name of the same shape); None → one URL per file.
     shape: str | None = None
+    # A table from generic values to the endpoint's own (Wan's `size`: "720p 9:16" → "720*1280"),
+    # looked up by `key`, a template over the shot's generic values (default: this value alone).
+    # A value the table lacks is sent as its key, for the schema's enum to name before spending.
+    values: Mapping[str, Any] | None = None
+    key: str | None = None
 
-    def convert(self, value: Any) -> Any:
+    def convert(self, value: Any, generic: Mapping[str, Any] | None = None) -> Any:
+        if self.values is not None:
+            key = self.key.format_map(dict(generic or {})) if self.key else str(_plain_number(value))
+            return self.values.get(key, key)
         if self.format is not None:
             return self.format.format(_plain_number(value))
         if self.type == "int":
@@ -50,9 +59,18 @@ class FieldSpec:
             return str(value)
         return value
 
-    def parse(self, value: Any) -> Any:
+    def parse(self, value: Any, name: str | None = None) -> Any:
         """The generic value an endpoint value stands for: the inverse of `convert`
-        ("12" → 12, "8s" → 8 for a duration; "1080p" stays). ValueError when it does not fit."""
+        ("12" → 12, "8s" → 8 for a duration; "1080p" stays; a `values` table read backwards, `name`
+        picking this value out of a composite key). ValueError when it does not fit."""
+        if self.values is not None:
+            keys = [k for k, v in self.values.items() if v == value]
+            if not keys:
+                raise ValueError(f"{value!r} is none of {sorted(map(str, self.values.values()))}")
+            if not self.key or name is None:
+                return keys[0]
+            parts = _unformat(self.key, keys[0])
+            return parts.get(name, keys[0])
         if self.format is not None and isinstance(value, str):
             head, sep, tail = self.format.partition("{}")
             if not sep or not value.startswith(head) or not value.endswith(tail):
@@ -67,6 +85,16 @@ class FieldSpec:
         return value
 
 
+def _unformat(template: str, text: str) -> dict[str, str]:
+    """`"{resolution} {aspect_ratio}"`, `"720p 9:16"` → {resolution: 720p, aspect_ratio: 9:16}."""
+    pattern, pos = "", 0
+    for m in re.finditer(r"\{(\w+)\}", template):
+        pattern += re.escape(template[pos : m.start()]) + f"(?P<{m.group(1)}>.+?)"
+        pos = m.end()
+    match = re.fullmatch(pattern + re.escape(template[pos:]), text)
+    return match.groupdict() if match else {}
+
+
 def _plain_number(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -79,11 +107,19 @@ def parse_field(raw: Any, name: str) -> FieldSpec | None:
     if isinstance(raw, str):
         return FieldSpec(field=raw)
     if isinstance(raw, Mapping) and "field" in raw:
-        unknown = set(raw) - {"field", "format", "type", "shape"}
+        unknown = set(raw) - {"field", "format", "type", "shape", "values", "key"}
         if unknown:
             raise ConfigError(f"field map for '{name}': unknown keys {sorted(unknown)}")
+        values = raw.get("values")
+        if values is not None and not isinstance(values, Mapping):
+            raise ConfigError(f"field map for '{name}': values must be a table of value: endpoint value")
         return FieldSpec(
-            field=raw["field"], format=raw.get("format"), type=raw.get("type"), shape=raw.get("shape")
+            field=raw["field"],
+            format=raw.get("format"),
+            type=raw.get("type"),
+            shape=raw.get("shape"),
+            values=None if values is None else {str(k): v for k, v in values.items()},
+            key=raw.get("key"),
         )
     raise ConfigError(f"field map for '{name}' must be a field name or {{field: …}}, got {raw!r}")
 

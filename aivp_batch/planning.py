@@ -262,7 +262,7 @@ def sent_values(
             continue
         raw = payload[fspec.field]
         try:
-            value = fspec.parse(raw)
+            value = fspec.parse(raw, generic)
             if generic == "duration":
                 value = _seconds(value)
         except (TypeError, ValueError):
@@ -503,7 +503,7 @@ def build_payload(mode_spec: ModeSpec, generic: Mapping[str, Any]) -> tuple[dict
         elif isinstance(value, list):
             payload[fspec.field] = _file_list(fspec.field, fspec.shape, value, files)
         else:
-            payload[fspec.field] = fspec.convert(value)
+            payload[fspec.field] = fspec.convert(value, generic)
     return payload, files
 
 

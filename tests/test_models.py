@@ -5,6 +5,7 @@ retired model is refused in one line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -455,9 +456,17 @@ def test_replicate_models_are_priced_at_replicates_rates(compose_cfg, tmp_path) 
     assert [usd["hailuo02", t] for t in TIERS] == pytest.approx([0.102, 0.27, 0.48])
     # Kling 3.0 Omni: Pro without audio, then with (hero is standard).
     assert [usd["kling_o3", t] for t in TIERS] == pytest.approx([1.12, 1.68, 1.68])
-    # Wan 2.5 text-to-video takes no resolution: it renders (and is priced at) 720p in every tier;
-    # its image-to-video renders the tier's 480p, 720p or 1080p.
-    assert [usd["wan25", t] for t in TIERS] == pytest.approx([0.5, 0.5, 0.5])
+    # Wan 2.5: 480p, 720p, 1080p. Text-to-video sends them as a size looked up with the aspect ratio.
+    assert [usd["wan25", t] for t in TIERS] == pytest.approx([0.25, 0.5, 0.75])
+    wan_t2v = [
+        plan_jobs([replace(shots[0], aspect_ratio=ar)], replicate_spec(compose_cfg, "wan25", t),
+                  provider="replicate", seed=1).jobs[0]
+        for t in TIERS for ar in ("16:9", "9:16")
+    ]  # fmt: skip
+    assert [j.payload["size"] for j in wan_t2v] == [
+        "832*480", "480*832", "1280*720", "720*1280", "1920*1080", "1080*1920"
+    ]  # fmt: skip
+    assert all("resolution" not in j.payload and "aspect_ratio" not in j.payload for j in wan_t2v)
     keyframe = fixed_storyboard(tmp_path)[1:2]
     wan_i2v = [
         plan_jobs(keyframe, replicate_spec(compose_cfg, "wan25", t), provider="replicate", seed=1).jobs[0]
