@@ -43,14 +43,15 @@ class FieldSpec:
     shape: str | None = None
     # A table from generic values to the endpoint's own (Wan's `size`: "720p 9:16" → "720*1280"),
     # looked up by `key`, a template over the shot's generic values (default: this value alone).
-    # A value the table lacks is sent as its key, for the schema's enum to name before spending.
     values: Mapping[str, Any] | None = None
     key: str | None = None
 
     def convert(self, value: Any, generic: Mapping[str, Any] | None = None) -> Any:
         if self.values is not None:
             key = self.key.format_map(dict(generic or {})) if self.key else str(_plain_number(value))
-            return self.values.get(key, key)
+            if key not in self.values:
+                raise ConfigError(f"{self.field} has no value for {key!r}: it takes {', '.join(self.values)}")
+            return self.values[key]
         if self.format is not None:
             return self.format.format(_plain_number(value))
         if self.type == "int":

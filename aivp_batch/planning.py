@@ -164,7 +164,10 @@ def _plan_shot(
         job_seed = previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
     generic = _generic_values(shot, mode_spec, prompt, duration, job_seed)
     generic["character_refs"] = refs
-    payload, files = build_payload(mode_spec, generic)
+    try:
+        payload, files = build_payload(mode_spec, generic)
+    except ConfigError as exc:  # a value the model's field map has no entry for
+        raise ConfigError(f"{_where(shot)}: model={spec.name} {mode_spec.endpoint}: {exc}") from None
     payload.update(payload_extra)
     check_text_sizes(shot, mode_spec, payload, max_prompt_chars)
     # Price what is sent: payload_extra may have changed the duration, resolution or audio.

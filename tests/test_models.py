@@ -15,7 +15,7 @@ from test_cli import run_cli
 
 from aivp_batch.app import budget_warning
 from aivp_batch.errors import ConfigError, PayloadInvalid
-from aivp_batch.models import PayloadRule, build_model_spec, parse_rules
+from aivp_batch.models import PayloadRule, build_model_spec, parse_field, parse_rules
 from aivp_batch.planning import Plan, plan_jobs
 from aivp_batch.schema_store import SchemaStore
 from aivp_batch.shots import Shot
@@ -542,3 +542,30 @@ def test_an_unknown_items_encoding_is_refused(compose_cfg) -> None:
     cfg["model"]["replicate"]["multishot"]["items"]["encode"] = "yaml"
     with pytest.raises(ConfigError, match=r"replicate.multishot.items.encode must be one of json"):
         build_model_spec(cfg["model"], cfg["provider"], "standard")
+
+
+def test_a_values_table_maps_generic_values_and_reads_back() -> None:
+    size = parse_field(
+        {"field": "size", "key": "{resolution} {aspect_ratio}", "values": {"720p 9:16": "720*1280"}},
+        "wan.size",
+    )
+    assert (
+        size is not None
+        and size.convert("9:16", {"resolution": "720p", "aspect_ratio": "9:16"}) == "720*1280"
+    )
+    with pytest.raises(ConfigError, match="size has no value for '720p 1:1': it takes 720p 9:16"):
+        size.convert("1:1", {"resolution": "720p", "aspect_ratio": "1:1"})
+    assert size.parse("720*1280", "resolution") == "720p" and size.parse("720*1280", "aspect_ratio") == "9:16"
+    with pytest.raises(ValueError, match="none of"):
+        size.parse("1*1", "resolution")
+    with pytest.raises(ConfigError, match="values must be a table"):
+        parse_field({"field": "size", "values": ["720*1280"]}, "wan.size")
+
+
+def test_a_square_shot_on_wan_text_to_video_is_refused_before_spending(compose_cfg, tmp_path) -> None:
+    shot = replace(fixed_storyboard(tmp_path)[0], aspect_ratio="1:1")
+    plan = plan_jobs([shot], replicate_spec(compose_cfg, "wan25", "standard"), provider="replicate", seed=1)
+    assert not plan.jobs and plan.errors == [
+        "shot-01: model=wan25 wan-video/wan-2.5-t2v: size has no value for '720p 1:1': it takes "
+        "480p 16:9, 480p 9:16, 720p 16:9, 720p 9:16, 1080p 16:9, 1080p 9:16"
+    ]
