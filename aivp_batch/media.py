@@ -48,6 +48,8 @@ def probe(path: Path, *, count_frames: bool = True, decode_all: bool = True) -> 
             if count_frames and decode_all:
                 frames, duration = _count_decoded(container, stream, fps)
             elif count_frames:
+                # One frame is decoded: FFmpeg's decoder threads would cost more to start than it.
+                stream.codec_context.thread_count = 1
                 frames, duration = _count_packets(container, stream, fps)
             else:
                 frames, duration = _header_length(container, stream, fps)

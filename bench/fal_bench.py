@@ -377,11 +377,12 @@ if _OUT:
 class CliRun:
     code: int
     wall_s: float
-    cpu_s: float
+    cpu_s: float  # user + system
     maxrss_mb: float
     stdout: str
     stderr: str
     run_dir: Path
+    sys_s: float = 0.0  # of cpu_s, in the kernel (file-system calls, fsync, sockets)
     out_bytes: int = 0  # what the child wrote to its stdout (the terminal, under a pty)
     summary: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
@@ -489,6 +490,7 @@ def run_cli(
         code=proc.returncode,
         wall_s=wall,
         cpu_s=ru.ru_utime + ru.ru_stime,
+        sys_s=ru.ru_stime,
         maxrss_mb=ru.ru_maxrss / 1024,
         stdout=stdout,
         stderr=_tail(err_path, 6000) if not tty else stdout,
@@ -781,6 +783,7 @@ class Bench:
         lag = loop_lag(real, st)
         self.details.append(
             f"case 1: wall {real.wall_s:.2f} s (start-up, planning, run, records), CPU {real.cpu_s:.2f} s "
+            f"(of which system {real.sys_s:.2f} s) "
             f"({1000 * real.cpu_s / n:.1f} ms/clip with start-up); dry run of the same {n}-shot project "
             f"{dry.wall_s:.2f} s wall, {dry.cpu_s:.2f} s CPU, {dry.maxrss_mb:.0f} MB; "
             f"makespan by its own progress lines {fmt(_span(first_q, last_done))} s; "
@@ -876,7 +879,8 @@ class Bench:
             ]
             self.rows["tty"] = r2
             self.details.append(
-                f"case 2: wall {tty.wall_s:.2f} s, CPU {tty.cpu_s:.2f} s; dry run in the terminal "
+                f"case 2: wall {tty.wall_s:.2f} s, CPU {tty.cpu_s:.2f} s (of which system {tty.sys_s:.2f} s, "
+                f"the plain run after it {plain_b.sys_s:.2f} s); dry run in the terminal "
                 f"{dry2.cpu_s:.2f} s CPU; rich Live view {'drawn' if live else 'NOT drawn'}, "
                 f"{tty.out_bytes / 1024:.0f} KiB written to the terminal "
                 f"({tty.out_bytes / max(tty.wall_s, 1e-9) / 1024:.1f} KiB/s); {_lag_text(loop_lag(tty, st2))}"

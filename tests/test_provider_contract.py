@@ -5,9 +5,11 @@ loopback HTTP where there is a service.
 Covered: submit → wait → outcome (a video URL, the seed, status updates ending COMPLETED);
 download (a `Download` whose size and sha256 are the file's); cancel (then `wait` is a final
 `RequestFailed`); upload (a URL that works in a payload, one upload per content); check_auth with
-a bad key (one line, no key in it; the preview needs no key at all); a refused request
-(`RequestFailed`, nothing created); reconcile (a lost submit answer found in `history` by its
-exact body, with no second submit; where the provider keeps no history, `history` is None); and
+a bad key (one line, no key in it; the preview needs no key at all); the schema source (the
+document a payload is validated against, cached for the next run); a busy answer (429) retried
+without sending the request again; a refused request (`RequestFailed`, nothing created);
+reconcile (a lost submit answer found in `history` by its exact body, with no second submit;
+where the provider keeps no history, `history` is None); and
 resume (a fresh provider `attach`es the journalled submission dict and gets the same request).
 """
 
@@ -29,10 +31,12 @@ from aivp_batch.errors import AuthError, RequestFailed, SubmitNotAccepted, Trans
 from aivp_batch.providers.base import Download, Outcome, Provider, StatusUpdate, Submission
 from aivp_batch.providers.fal import FalProvider
 from aivp_batch.providers.fal import RetryPolicy as FalRetry
-from aivp_batch.providers.preview import PREVIEW_ENDPOINT, PreviewProvider
+from aivp_batch.providers.preview import PREVIEW_ENDPOINT, PreviewProvider, preview_openapi
 from aivp_batch.providers.replicate import ReplicateProvider
 from aivp_batch.reconcile import LostSubmit, ReconcilePolicy, Verdict
 from aivp_batch.retry import RetryPolicy
+from aivp_batch.schema_sources import ReplicateSchemaSource
+from aivp_batch.schema_store import SchemaStore
 from aivp_batch.testing.fal_server import FakeFal, Fault
 from aivp_batch.testing.replicate_server import FakeReplicate, ReplicateFault
 
@@ -92,6 +96,31 @@ class Kit:
     def slow_down(self, latency_s: float) -> None:
         if self.server is not None:
             self.server.latency_s = latency_s
+
+    def schema_store(self, cache: Path) -> SchemaStore:
+        """The run's schema store for this provider: its own schema source, no bundled fallback."""
+        if isinstance(self.server, FakeFal):
+            return SchemaStore(self.server.url, cache_dir=cache, bundled=None)
+        if isinstance(self.server, FakeReplicate):
+            source = ReplicateSchemaSource(self.server.url, token=REPLICATE_TOKEN)
+            return SchemaStore(cache_dir=cache, bundled=None, source=source)
+        store = SchemaStore(cache_dir=cache, offline=True, bundled=None)
+        store.register(PREVIEW_ENDPOINT, preview_openapi())  # the preview publishes its own
+        return store
+
+    def busy_once(self) -> None:
+        """The next status read is a 429 with `Retry-After: 0` (the service is busy, not broken)."""
+        if isinstance(self.server, FakeFal):
+            self.server.faults.add(Fault("429", on="status", retry_after=0))
+        elif isinstance(self.server, FakeReplicate):
+            self.server.faults.add(ReplicateFault("429", on="get", retry_after=0))
+
+    def schema_fetches(self) -> int:
+        if isinstance(self.server, FakeFal):
+            return self.server.stats.calls.get("schema", 0)
+        if isinstance(self.server, FakeReplicate):
+            return self.server.stats.calls.get("model", 0)
+        return 0
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -236,6 +265,31 @@ def test_cancel_makes_wait_a_final_failure(kit: Kit) -> None:
     assert not isinstance(failed, TransientError)
     assert failed.request_id in (None, sub.request_id)
     assert "cancel" in str(failed).lower()
+
+
+def test_the_schema_source_gives_the_document_payloads_are_checked_on(kit: Kit, tmp_path: Path) -> None:
+    store = kit.schema_store(tmp_path / "cache")
+    schema = store.get(kit.endpoint)
+    # The kit's payload as this endpoint declares it (fal's Kling 3.0 takes no seed: it is dropped).
+    payload = {k: v for k, v in kit.payload(4).items() if k in schema.properties}
+    assert {"prompt", "duration"} <= set(payload)
+    assert schema.validate(payload) == [] and schema.unknown_keys(payload) == []
+    assert [str(issue) for issue in schema.validate({**payload, "prompt": 7})]  # a wrong type is named
+    assert schema.unknown_keys({**payload, "no_such_field": 1}) == ["no_such_field"]
+    again = kit.schema_store(tmp_path / "cache").get(kit.endpoint)  # a new run: the disk cache
+    assert again.sha256 == schema.sha256 and kit.schema_fetches() == (0 if kit.server is None else 1)
+
+
+@pytest.mark.parametrize("kit", ["fal", "replicate"], indirect=True)
+def test_a_busy_answer_is_retried_and_the_request_is_not_sent_again(kit: Kit, tmp_path: Path) -> None:
+    kit.busy_once()
+
+    async def main() -> Outcome:
+        async with kit.new() as p:
+            return await p.wait(await p.submit(kit.endpoint, kit.payload(2)))
+
+    assert run(main()).video_url
+    assert kit.submits() == 1 and kit.duplicates() == 0
 
 
 # ---------------------------------------------------------------- keys and refusals

@@ -17,7 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+import httpx
+
 from ..errors import RequestFailed
+from ..retry import Retryable
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,18 @@ class ClipSink:
                 self._put(tail)
         finally:
             self._file.close()
+
+
+async def receive(response: httpx.Response, dest: Path) -> Download:
+    """A successful streamed response's body into `dest` through a `ClipSink`. A body shorter than
+    its Content-Length is `Retryable`: the transfer broke, and the file starts again."""
+    async with ClipSink(dest) as sink:
+        async for chunk in response.aiter_bytes(1 << 16):
+            await sink.write(chunk)
+    expected = response.headers.get("content-length")
+    if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
+        raise Retryable(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
+    return sink.result()
 
 
 StatusCallback = Callable[[StatusUpdate], None]

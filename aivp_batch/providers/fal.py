@@ -56,7 +56,6 @@ from ..retry import (
     send,
 )
 from .base import (
-    ClipSink,
     Download,
     HistoryRow,
     Outcome,
@@ -65,6 +64,7 @@ from .base import (
     StatusUpdate,
     Submission,
     UnitPrice,
+    receive,
 )
 from .http_pool import ClientShards
 
@@ -590,13 +590,7 @@ class FalProvider(Provider):
                         f"download of {url} failed: HTTP {response.status_code}",
                         status_code=response.status_code,
                     )
-                async with ClipSink(dest) as sink:
-                    async for chunk in response.aiter_bytes(1 << 16):
-                        await sink.write(chunk)
-                expected = response.headers.get("content-length")
-                if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
-                    raise Retryable(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
-            return sink.result()
+                return await receive(response, dest)
 
         try:
             async for attempt in retrying(policy, "download", on_retry=self._on_retry("download")):

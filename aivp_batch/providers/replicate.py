@@ -81,6 +81,7 @@ from .base import (
     StatusUpdate,
     Submission,
     UnitPrice,
+    receive,
 )
 from .http_pool import ClientShards
 
@@ -786,8 +787,8 @@ class ReplicateProvider(Provider):
         return str(url), expires
 
     async def download(self, url: str, dest: Path) -> Download:
-        """Stream `url` into `dest` through a `ClipSink` (hashed as it arrives, fsynced at the end);
-        a broken or short transfer starts the file again. A `data:` output is decoded in place."""
+        """Stream `url` into `dest` through a `ClipSink` (hashed as it arrives); a broken or short
+        transfer starts the file again. A `data:` output is decoded in place."""
         if url.startswith("data:"):
             head, _, payload = url.partition(",")
             raw = base64.b64decode(payload) if head.endswith(";base64") else payload.encode()
@@ -806,13 +807,7 @@ class ReplicateProvider(Provider):
                 if not response.is_success:
                     await response.aread()
                     raise self.error(what, response, download=True)
-                async with ClipSink(dest) as sink:
-                    async for chunk in response.aiter_bytes(1 << 16):
-                        await sink.write(chunk)
-                expected = response.headers.get("content-length")
-                if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
-                    raise Retryable(f"short body ({response.num_bytes_downloaded} of {expected} bytes)")
-            return sink.result()
+                return await receive(response, dest)
 
         try:
             async for attempt in retrying(policy, "download"):
