@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -172,7 +173,11 @@ def make_provider(cfg: DictConfig, paths: Paths) -> Provider:
         needs["key"] = key
     if "work_dir" in cfg.provider.client:
         needs["work_dir"] = paths.store_dir / "renders"
-    return instantiate(cfg.provider.client, **needs)
+    try:
+        return instantiate(cfg.provider.client, **needs)
+    except InstantiationException as exc:  # a bad provider knob (e.g. a retry kind's unknown key)
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"provider={cfg.provider.name}: {cause}") from None
 
 
 def format_plan(plan: Plan, model: str | None = None) -> str:

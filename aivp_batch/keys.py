@@ -57,8 +57,12 @@ def find_key(
     return None
 
 
+MIN_SECRET_CHARS = 8  # a shorter "key" is no real one (fal's are ~70 characters, Replicate's 40)
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every secret (and its `Key <secret>` header form) in `text` with `***`."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+    """Replace every secret (and its `Key <secret>` header form) in `text` with `***`. A value
+    under MIN_SECRET_CHARS is left alone: FAL_KEY=x would otherwise blank every "x" in a message."""
+    for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
         text = text.replace(f"Key {secret}", "Key ***").replace(secret, "***")
     return text

@@ -185,3 +185,16 @@ def test_a_payload_override_is_what_is_priced_and_verified(fal, tmp_path) -> Non
     log = json.loads((tmp_path / "out/log/clip-01.json").read_text())
     assert log["status"] == "done" and log["duration"] == "12"  # the 12 s clip verified against 12 s
     assert log["payload"]["duration"] == "12" and log["cost_usd"] == pytest.approx(1.3997)
+
+
+def test_a_bad_provider_knob_is_one_line_naming_it_and_nothing_is_sent(fal: FakeFal, tmp_path: Path) -> None:
+    before = dict(fal.stats.calls)
+    proc = run_cli(fal, tmp_path, "manifest.prompt=a fox at dawn", "+provider.retry.kinds.status.retries=2")
+    assert proc.returncode == 2, proc.stderr
+    assert _error_lines(proc) == [
+        "aivp-batch: error: provider=fal: retry.kinds.status: unknown keys ['retries']; known: ['attempts', "
+        "'base_s', 'connect_only', 'jitter', 'max_retry_after_s', 'max_s', 'retry_on', 'transport']"
+    ]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    sent = {k: n - before.get(k, 0) for k, n in fal.stats.calls.items() if n != before.get(k, 0)}
+    assert set(sent) <= {"schema"}  # the payload was validated; nothing was uploaded, priced or submitted

@@ -60,3 +60,9 @@ def test_redact_hides_the_secret_and_the_header_form() -> None:
     text = "sent Authorization: Key s3cr3t-value; echo s3cr3t-value"
     assert redact(text, ["s3cr3t-value", None, ""]) == "sent Authorization: Key ***; echo ***"
     assert redact("nothing here", ["s3cr3t-value"]) == "nothing here"
+
+
+def test_a_value_too_short_to_be_a_key_is_not_blanked_out_of_messages() -> None:
+    text = "fal-ai/bytedance/seedance/v1.5/pro/text-to-video: bad resolution"
+    assert redact(text, ["x", "to"]) == text  # FAL_KEY=x must not turn "text" into "te***t"
+    assert redact("Key abcdefgh sent", ["abcdefgh"]) == "Key *** sent"
