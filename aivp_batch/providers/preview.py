@@ -24,7 +24,7 @@ from urllib.request import url2pathname
 
 from ..errors import InputError, RequestFailed
 from .base import ClipSink, Download, Outcome, Provider, StatusCallback, StatusUpdate, Submission
-from .preview_render import ASPECT_RATIOS, CAMERA_MOVES, RESOLUTIONS, camera_move, render_clip, size_for
+from .preview_render import ASPECT_RATIOS, CAMERA_MOVES, RESOLUTIONS, camera_move, render_preview, size_for
 
 PREVIEW_ENDPOINT = "aivp/preview"
 
@@ -321,7 +321,7 @@ def _render_job(final: Path, stop: threading.Event, settings: dict[str, Any]) ->
     itself even when the awaiting task was cancelled long before the thread noticed."""
     part = final.with_name(final.name + ".part")
     try:
-        render_clip(part, stop=stop, **settings)
+        render_preview(part, stop=stop, **settings)
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -137,6 +137,7 @@ def render_preview(
     camera: str = "static",
     dialogue: str | None = None,
     overlay: bool = True,
+    stop: threading.Event | None = None,
     shots: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write an H.264/AAC MP4 animatic of exactly round(duration_s*fps) frames to `dest`.
@@ -149,43 +150,9 @@ def render_preview(
     the first starts from `start_image` (else a card), the others are cards of their own colour,
     each with its own slate (its title, its dialogue, its clock from 00:00); `end_image` ends the
     last. `prompt`, `title`, `camera`, `dialogue` and `duration_s` are then not used.
+
+    `stop`, when set, ends the render early (the provider's cancel).
     """
-    render_clip(
-        dest,
-        width=width,
-        height=height,
-        fps=fps,
-        duration_s=duration_s,
-        seed=seed,
-        prompt=prompt,
-        title=title,
-        start_image=start_image,
-        end_image=end_image,
-        camera=camera,
-        dialogue=dialogue,
-        overlay=overlay,
-        shots=shots,
-    )
-
-
-def render_clip(
-    dest: Path,
-    *,
-    width: int,
-    height: int,
-    fps: int,
-    duration_s: float,
-    seed: int,
-    prompt: str,
-    title: str,
-    start_image: Path | None,
-    end_image: Path | None,
-    camera: str,
-    dialogue: str | None = None,
-    overlay: bool = True,
-    stop: threading.Event | None = None,
-    shots: list[dict[str, Any]] | None = None,
-) -> None:
     if width % 2 or height % 2 or width <= 0 or height <= 0:
         raise ValueError(f"preview size must be positive and even (yuv420p), got {width}x{height}")
     if camera not in CAMERA_MOVES:
