@@ -99,6 +99,7 @@ class ClipSink:
     `async with ClipSink(dest) as sink: await sink.write(chunk)`."""
 
     BLOCK = 1 << 20
+    INLINE_TAIL = 1 << 16  # a tail up to this size is written on the loop (most preview-size clips whole)
 
     def __init__(self, dest: Path) -> None:
         self.dest = Path(dest)
@@ -135,9 +136,10 @@ class ClipSink:
             self._file.close()  # a failed transfer: nothing more to write
             return
         tail, self._buffer = bytes(self._buffer), bytearray()
-        # The tail too goes through the worker thread: when the page cache is full of dirty clip
-        # pages (a big sweep on a slow disk) even one short write can stall for a while.
-        await asyncio.to_thread(self._finish, tail)
+        if len(tail) <= self.INLINE_TAIL:  # a small clip: one short write, cheaper than a thread hop
+            self._finish(tail)
+        else:  # when the page cache is full of dirty clip pages, a long write can stall a while
+            await asyncio.to_thread(self._finish, tail)
 
     def _finish(self, tail: bytes) -> None:
         assert self._file is not None
