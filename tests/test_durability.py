@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,14 +81,7 @@ def _replicate_cli(overrides: list[str], tmp_path: Path, run_dir: str) -> subpro
     drop = {*_PROXIES, "FAL_KEY", "AIVP_CONFIG_DIR"}  # loopback must not go through a proxy
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(REPLICATE_API_TOKEN=TOKEN, HOME=str(tmp_path))
-    return subprocess.Popen(
-        [sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return _cli(overrides, tmp_path, run_dir, env=env)
 
 
 def _until(condition, what: str, timeout_s: float = 90) -> None:

@@ -235,8 +235,11 @@ def test_bad_key_stops_before_anything_is_submitted(fal, film, tmp_path, monkeyp
     assert fal.stats.calls["submit"] == 0 and fal.stats.calls["upload"] == 0
 
 
-def _cli(overrides: list[str], tmp_path: Path, run_dir: str) -> subprocess.Popen:
-    env = {**os.environ, "FAL_KEY": KEY, "HOME": str(tmp_path)}
+def _cli(
+    overrides: list[str], tmp_path: Path, run_dir: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """The command line in its own process; `env` replaces the default (FAL_KEY set, HOME here)."""
+    env = env if env is not None else {**os.environ, "FAL_KEY": KEY, "HOME": str(tmp_path)}
     return subprocess.Popen(
         [sys.executable, "-m", "aivp_batch", f"hydra.run.dir={tmp_path / run_dir}", *overrides],
         cwd=tmp_path,
