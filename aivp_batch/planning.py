@@ -156,18 +156,10 @@ def _plan_shot(
     duration, note = fit_duration(shot, mode_spec, duration_policy)
     if note:  # the prompt must not promise the old length: "(Duration: 6s)" → "(Duration: 10s)"
         prompt = _DURATION_TEXT.sub(f"(Duration: {_fmt(duration)}s)", prompt)
-    # No seed given: the shot keeps the one it was last rendered with, so a changed input (an edited
-    # keyframe) changes only that input; a new shot draws one.
-    if seed is not None:
-        job_seed = seed
-    else:
-        job_seed = previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
+    job_seed = _job_seed(seed, previous_seed, rng)
     generic = _generic_values(shot, mode_spec, prompt, duration, job_seed)
     generic["character_refs"] = refs
-    try:
-        payload, files = build_payload(mode_spec, generic)
-    except ConfigError as exc:  # a value the model's field map has no entry for
-        raise ConfigError(f"{_where(shot)}: model={spec.name} {mode_spec.endpoint}: {exc}") from None
+    payload, files = _payload(_where(shot), spec, mode_spec, generic)
     payload.update(payload_extra)
     check_text_sizes(shot, mode_spec, payload, max_prompt_chars)
     # Price what is sent: payload_extra may have changed the duration, resolution or audio.
@@ -178,29 +170,10 @@ def _plan_shot(
         sent_as = f"{field_name}={payload[field_name]!r}"
         note = f"payload_extra sets {sent_as}: {_fmt(sent_duration)}s, not {_fmt(duration)}s"
         duration = sent_duration
-    aspect = sent.pop("aspect_ratio", generic["aspect_ratio"])
-    settings = {**mode_spec.settings, **sent}
-    cost = estimate_usd(
-        spec.pricing,
-        duration_s=duration,
-        settings=settings,
-        endpoint=mode_spec.endpoint,
-        mode=mode_spec.mode,
-        aspect_ratio=aspect,
-    )
+    cost, settings = _priced(spec, mode_spec, duration, sent, generic["aspect_ratio"])
     hashes = {key: _hash_input(shot, path) for key, path in files.items()}
     notes = unused_inputs(shot, spec.name, mode_spec.mode, files.values())
-    seed_spec = mode_spec.fields.get("seed")
-    identity = job_identity(
-        provider,
-        mode_spec.endpoint,
-        payload,
-        files,
-        hashes,
-        seed is None,
-        seed_spec.field if seed_spec else None,
-        take=job_seed if seed is not None and seed_spec is None else None,
-    )
+    identity = _identity(provider, mode_spec, payload, files, hashes, seed, job_seed)
     return Job(
         key=shot.id,
         shots=(shot,),
@@ -220,7 +193,7 @@ def _plan_shot(
         settings=settings,
         identity=identity,
         file_hashes=hashes,
-        seed_field=seed_spec.field if seed_spec else None,
+        seed_field=_seed_field(mode_spec),
         min_image_px=spec.min_image_px,
         notes=notes,
         rules=mode_spec.rules,
@@ -492,6 +465,69 @@ def _caption(shot: Shot, prompt: str) -> str:
     return " ".join((shot.prompts.get("motion") or shot.prompts.get("kling") or prompt).split())
 
 
+def _job_seed(seed: int | None, previous_seed: int | None, rng: random.Random) -> int:
+    """`seed=` when given; else the seed the shot (or group) was last rendered with, so a changed
+    input (an edited keyframe) changes only that input; a new one draws a seed."""
+    if seed is not None:
+        return seed
+    return previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
+
+
+def _payload(
+    where: str, spec: ModelSpec, mode_spec: ModeSpec, generic: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`build_payload`, with a value the model's field map has no entry for named at its shot."""
+    try:
+        return build_payload(mode_spec, generic)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: model={spec.name} {mode_spec.endpoint}: {exc}") from None
+
+
+def _priced(
+    spec: ModelSpec, mode_spec: ModeSpec, duration: float, sent: dict[str, Any], aspect_ratio: str
+) -> tuple[float, dict[str, Any]]:
+    """(estimate, the job's settings) from what its payload sends (`sent_values`, less the
+    duration): payload_extra may have changed the resolution or audio the tier asked for."""
+    aspect = sent.pop("aspect_ratio", aspect_ratio)
+    settings = {**mode_spec.settings, **sent}
+    cost = estimate_usd(
+        spec.pricing,
+        duration_s=duration,
+        settings=settings,
+        endpoint=mode_spec.endpoint,
+        mode=mode_spec.mode,
+        aspect_ratio=aspect,
+    )
+    return cost, settings
+
+
+def _seed_field(mode_spec: ModeSpec) -> str | None:
+    seed_spec = mode_spec.fields.get("seed")
+    return seed_spec.field if seed_spec else None
+
+
+def _identity(
+    provider: str,
+    mode_spec: ModeSpec,
+    payload: Mapping[str, Any],
+    files: Mapping[str, Path],
+    hashes: Mapping[str, str],
+    seed: int | None,
+    job_seed: int,
+) -> str:
+    seed_field = _seed_field(mode_spec)
+    return job_identity(
+        provider,
+        mode_spec.endpoint,
+        payload,
+        files,
+        hashes,
+        seed is None,
+        seed_field,
+        take=job_seed if seed is not None and seed_field is None else None,
+    )
+
+
 def build_payload(mode_spec: ModeSpec, generic: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
     """Map generic values to the endpoint's fields; local files become file:// URIs."""
     payload: dict[str, Any] = dict(mode_spec.params)
@@ -718,10 +754,7 @@ def plan_group(
             for shot, prompt in zip(group.shots, prompts, strict=True)
         ]
     total = group.total_s
-    if seed is not None:
-        job_seed = seed
-    else:
-        job_seed = previous_seed if previous_seed is not None else rng.randrange(0, 2**31 - 1)
+    job_seed = _job_seed(seed, previous_seed, rng)
     settings = mode_spec.settings
     negatives = list(dict.fromkeys(s.negative_prompt for s in group.shots if s.negative_prompt))
     generic: dict[str, Any] = {
@@ -738,7 +771,7 @@ def plan_group(
         "negative_prompt": ", ".join(negatives) or None,
         "title": group.key,
     }
-    payload, files = build_payload(mode_spec, generic)
+    payload, files = _payload(group.key, spec, mode_spec, generic)
     payload[multishot.items_field] = multishot.encode_items(
         [
             _item(multishot, shot, prompt, seconds)
@@ -760,28 +793,9 @@ def plan_group(
             f"{group.key}: payload_extra sets {field_name}={payload[field_name]!r}, but a multi-shot "
             f"group's duration is the sum of its shots' ({total}s)"
         )
-    aspect = sent.pop("aspect_ratio", generic["aspect_ratio"])
-    job_settings = {**settings, **sent}
-    cost = estimate_usd(
-        spec.pricing,
-        duration_s=total,
-        settings=job_settings,
-        endpoint=mode_spec.endpoint,
-        mode=mode_spec.mode,
-        aspect_ratio=aspect,
-    )
+    cost, job_settings = _priced(spec, mode_spec, total, sent, generic["aspect_ratio"])
     hashes = {key: _hash_input(first, path) for key, path in files.items()}
-    seed_spec = mode_spec.fields.get("seed")
-    identity = job_identity(
-        provider,
-        mode_spec.endpoint,
-        payload,
-        files,
-        hashes,
-        seed is None,
-        seed_spec.field if seed_spec else None,
-        take=job_seed if seed is not None and seed_spec is None else None,
-    )
+    identity = _identity(provider, mode_spec, payload, files, hashes, seed, job_seed)
     requested = [s.duration_s for s in group.shots]
     return Job(
         key=group.key,
@@ -802,7 +816,7 @@ def plan_group(
         settings=job_settings,
         identity=identity,
         file_hashes=hashes,
-        seed_field=seed_spec.field if seed_spec else None,
+        seed_field=_seed_field(mode_spec),
         min_image_px=spec.min_image_px,
         rules=mode_spec.rules,
         notes=_group_notes(group, spec.name, mode_spec, files.values()),
