@@ -344,7 +344,7 @@ async def execute(
     unplanned: dict[str, str] | None = None,
 ) -> list[JobResult]:
     run_id = uuid.uuid4().hex[:12]
-    board = PlanBoard(paths.output_dir)
+    board = PlanBoard(paths.output_dir, float(cfg.get("log_interval_s", 0.2)))
     for shot_id, reason in (unplanned or {}).items():
         board.unplanned(shot_id, reason)
     ledger = Ledger(paths.output_dir / "costs.jsonl", _budget(cfg), run_id, sweep_budget(paths))
@@ -375,10 +375,13 @@ async def execute(
         on_event=progress,
     )
     _install_interrupts(ctx)
-    provider = make_provider(cfg, paths)
-    with progress:
-        async with provider:
-            return await run_jobs(jobs, provider, ctx)
+    try:
+        provider = make_provider(cfg, paths)
+        with progress:
+            async with provider:
+                return await run_jobs(jobs, provider, ctx)
+    finally:
+        board.flush()  # the logs of shots that could not be planned, whatever stopped the run
 
 
 def sweep_budget(paths: Paths) -> SweepBudget | None:

@@ -217,6 +217,7 @@ RULES: dict[str, Check] = {
     "max_prompt_chars": whole(1, what="a number of characters"),
     "resubmit_unknown": boolean,
     "price_drift": number(what="a fraction (0.05 is 5 %)"),
+    "log_interval_s": number(what="a number of seconds"),
     "schema_cache_dir": path(),
     "schema_ttl_s": number(),
     "provider.max_in_flight": whole(1, what="a number of concurrent requests"),

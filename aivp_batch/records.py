@@ -1,18 +1,22 @@
 """What a render leaves behind: per-shot JSON logs, `video/plan.md`, the job journal and run
-summaries. Every file is written atomically (temp file, fsync, rename), so a crash leaves either
-the old or the new version, never half of one.
+summaries. A crash leaves either the old or the new version of each, never half of one: logs and
+views are renamed into place, journal records appended whole.
 
 - `video/log/shot-NN.json`: the spec's log fields plus everything needed to redo the render. Under
   strategy=multishot a group has its own `video/log/group-NN.json` (type `group`, its clip and
   its shots), and each of its shots' logs names the group and describes the shot's own part.
-- `video/plan.md`: rendered from the logs after every change; never hand-edited.
-- `<store>/jobs/<identity>.json`: the journal, keyed by job identity. It is written with the
-  request id *before* waiting, so a killed run re-attaches instead of paying again.
+- `video/plan.md`: rendered from the logs as they change (at most every `log_interval_s`, the
+  logs with it); never hand-edited.
+- `<store>/jobs/<identity>.jsonl`: the journal, keyed by job identity. It is written with the
+  request id *before* waiting, so a killed run re-attaches instead of paying again. Each
+  transition appends the whole record as one line and fsyncs it; the last line that parses is the
+  record, so a write torn by a crash leaves the one before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -21,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_json, atomic_write_text
+from .files import append_bytes, atomic_write_json, atomic_write_text, dumps
 
 PLAN_HEADER = (
     "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID | Note |\n"
@@ -54,19 +58,50 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+_COMPACT_BYTES = 64 * 1024  # a record file past this is rewritten with its last record alone
+
+
+def last_record(data: bytes) -> dict[str, Any] | None:
+    """The last line of `data` that is a whole JSON object: the latest record written in full."""
+    for line in reversed(data.split(b"\n")):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a write torn by a crash: the record before it stands
+                continue
+            if isinstance(record, dict):
+                return record
+    return None
+
+
 class Journal:
-    """Job records keyed by identity, shared by every run and sweep over a project."""
+    """Job records keyed by identity, shared by every run and sweep over a project.
+
+    A record is appended, not renamed into place: a rename allocates an inode and frees one per
+    transition, and ext4 scans past every recently freed inode on each allocation, so a run of
+    thousands of jobs slowed as it went. An append that a crash tears is a line that does not
+    parse; each record starts on a new line, so the next one stands on its own."""
 
     def __init__(self, store_dir: Path) -> None:
         self.dir = store_dir / "jobs"
         self.clips = store_dir / "clips"
 
+    def path(self, identity: str) -> Path:
+        return self.dir / f"{identity}.jsonl"
+
     def get(self, identity: str) -> dict[str, Any] | None:
-        return read_json(self.dir / f"{identity}.json")
+        try:
+            record = last_record(self.path(identity).read_bytes())
+        except FileNotFoundError:
+            record = None
+        # A store from before records were appended holds one JSON document per job.
+        return record if record is not None else read_json(self.dir / f"{identity}.json")
 
     def put(self, identity: str, record: Mapping[str, Any]) -> dict[str, Any]:
         data = {**record, "identity": identity, "updated": now_iso()}
-        atomic_write_json(self.dir / f"{identity}.json", data, pretty=False)
+        line = dumps(data, pretty=False)
+        if append_bytes(self.path(identity), ("\n" + line).encode("utf-8")) > _COMPACT_BYTES:
+            atomic_write_text(self.path(identity), line)  # many reruns of one job: keep the last
         return data
 
     async def aput(self, identity: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,11 +144,18 @@ def relpath(path: Path | str | None, root: Path | None) -> str | None:
         return None
     p = Path(path)
     if root is not None:
+        if p.is_absolute() and root.is_absolute() and p.is_relative_to(root) and ".." not in p.parts:
+            return p.relative_to(root).as_posix()  # as spelled: no file-system call (logs ask often)
         try:
-            return p.resolve().relative_to(root.resolve()).as_posix()
+            return p.resolve().relative_to(_resolved(root)).as_posix()
         except ValueError:
             pass
     return p.as_posix()
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    return root.resolve()
 
 
 def read_logs(log_dir: Path) -> list[dict[str, Any]]:
@@ -201,8 +243,8 @@ _PLAN_S_PER_ROW = 0.0005  # plan.md's least interval between rewrites, per row i
 
 
 class PlanBoard:
-    """The shot logs of an output dir, held in memory so each change rewrites one log and plan.md
-    without re-reading every other log."""
+    """The shot logs of an output dir, held in memory so a change rewrites the logs that changed
+    and plan.md without re-reading every other log."""
 
     def __init__(self, output_dir: Path, min_interval_s: float = 0.2) -> None:
         self.output_dir = output_dir
@@ -222,6 +264,7 @@ class PlanBoard:
             for log in logs
             if log.get("status") == DONE and log.get("clip")
         }
+        self._unwritten: dict[str, Mapping[str, Any]] = {}  # shot logs changed since the last flush
         self._written_at = 0.0
         self._pending: asyncio.TimerHandle | None = None
 
@@ -235,26 +278,40 @@ class PlanBoard:
         return shot_id in self._rows
 
     def update(self, shot_id: str, log: Mapping[str, Any]) -> None:
-        """Write the shot's log now; rewrite plan.md now, or within `min_interval_s` during a burst of
-        changes (hundreds of jobs changing at once would otherwise rewrite it hundreds of times)."""
+        """The shot's log changed. It and plan.md are written now, or within `min_interval_s` during
+        a burst of changes, so a job that moves on within it is written once (hundreds of jobs
+        changing at once would otherwise rewrite plan.md hundreds of times, and each rewrite of a
+        log costs an inode). Nothing relies on a log being current: the journal is what a rerun
+        trusts, and it writes every log again from it."""
         self._rows[shot_id] = (_order(log), plan_row(log), _costs(log))
-        atomic_write_json(self.log_dir / f"{shot_id}.json", log, durable=False)
+        self._unwritten[shot_id] = log
         # Each rewrite formats every row: past a few hundred shots, rewrite less often (1.5 s at
         # 3,000), so plan.md's cost per clip stays flat whatever the run's size.
         interval = max(self.min_interval_s, len(self._rows) * _PLAN_S_PER_ROW)
         wait = interval - (time.monotonic() - self._written_at)
         if wait <= 0:
-            self.flush()
+            self._write(final=False)
         elif self._pending is None:
             try:
-                self._pending = asyncio.get_running_loop().call_later(wait, self.flush)
+                self._pending = asyncio.get_running_loop().call_later(wait, self._write, False)
             except RuntimeError:  # no event loop: write at once
                 self.flush()
 
     def flush(self) -> None:
+        """Write every log not yet written, and plan.md: at the end of a run, or of a command."""
+        self._write(final=True)
+
+    def _write(self, final: bool) -> None:
+        """Before the end, a log that only says `pending` waits: plan.md lists the shot, and the
+        job's next state replaces it (thousands of pending logs would be written only to be
+        replaced a moment later)."""
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        for shot_id, log in list(self._unwritten.items()):
+            if final or log.get("status") != "pending":
+                atomic_write_json(self.log_dir / f"{shot_id}.json", log, durable=False)
+                del self._unwritten[shot_id]
         ordered = sorted(self._rows.values(), key=lambda r: r[0])
         text = _plan_text(
             [("" if order[1] == 0 else order[0], row) for order, row, _ in ordered],

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 
+from aivp_batch.records import last_record
 from aivp_batch.snapshot import SNAPSHOT_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,13 @@ def compose_cfg() -> Callable[..., DictConfig]:
             return compose(config_name="config", overrides=list(overrides))
 
     return _compose
+
+
+def journal_records(store: Path) -> list[dict]:
+    """Every job record in the store's journal (`<store>/jobs/*.jsonl`: the last whole line each),
+    by identity; a file with no whole record yet is left out."""
+    found = (last_record(p.read_bytes()) for p in sorted((store / "jobs").glob("*.jsonl")))
+    return [r for r in found if r is not None]
 
 
 def fal_document(endpoint_id: str) -> dict:

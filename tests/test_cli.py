@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAL_SCHEMAS
+from conftest import FAL_SCHEMAS, journal_records
 
 from aivp_batch.media import probe
 
@@ -249,7 +249,7 @@ def test_sweep_members_get_their_own_clips_and_share_the_store(film: Path, tmp_p
         assert json.loads((member.parent / "video/log/shot-03.json").read_text())["seed"] in (1, 2)
     # Kling 2.6 raises the 4 s shot to 5 s, Veo keeps 4 s.
     assert sorted(round(d) for d in durations) == [4, 4, 5, 5]
-    assert len(list((film / ".aivp/jobs").glob("*.json"))) == 4
+    assert len(journal_records(film / ".aivp")) == 4
     assert not (film / "video").exists()
 
 

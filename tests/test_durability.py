@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FAL_SCHEMAS, FAL_TEST_KEY
+from conftest import FAL_SCHEMAS, FAL_TEST_KEY, journal_records
 from test_replicate_runner import TOKEN, replicate_overrides
 from test_runner_fal import _cli, fal_overrides, logs
 
@@ -64,6 +64,39 @@ def test_kill_at_each_write_point_then_rerun_pays_each_clip_once(
     assert sorted(log["status"] for log in logs(film).values()) == ["done"] * 4
     settled = Counter(e["identity"] for e in _ledger_events(film) if e["event"] == "settle")
     assert len(settled) == 4 and set(settled.values()) == {1}  # each job's cost booked once
+
+
+def test_kill_before_the_logs_are_written_then_rerun_writes_them_from_the_journal(
+    film: Path, tmp_path: Path
+) -> None:
+    """Shot logs and plan.md are written at most every `log_interval_s` (a job's pending log not
+    before the end): a run killed in between has paid clips whose logs are missing or out of date.
+    The journal is what the rerun trusts: nothing is bought again and every log is written."""
+    with FakeFal(schemas_dir=FAL_SCHEMAS, key=FAL_TEST_KEY, latency_s=0.3) as fal:
+        fal.faults.add(Fault("slow", on="download", after=1, times=1, seconds=30))
+        overrides = fal_overrides(fal, film, tmp_path, "provider.max_in_flight=1")
+        first = _cli([*overrides, "log_interval_s=600"], tmp_path, "run1")
+        _until(lambda: fal.stats.faults_fired.get("download:slow", 0) >= 1, "the second download")
+        _until(lambda: "done" in [r["status"] for r in journal_records(film / ".aivp")], "a done record")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        # The first clip is paid and delivered, but no log says so: its last one was never written.
+        assert (film / "video/clips/shot-01.mp4").is_file()
+        assert all(log["status"] != "done" for log in logs(film).values())
+        submits_before = fal.stats.calls["submit"]
+
+        rerun = _cli(overrides, tmp_path, "run2")
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err + out
+        assert "changed on disk" not in err + out  # shot-01's delivered clip is ours, not an edit
+        # shot-03 was sent while shot-02 downloaded; only shot-04 was left to send
+        assert fal.stats.duplicate_submits == 0 and fal.stats.calls["submit"] == 4 == submits_before + 1
+    got = logs(film)
+    assert sorted(log["status"] for log in got.values()) == ["done"] * 4
+    by_identity = {r["identity"]: r for r in journal_records(film / ".aivp")}
+    assert all(log["request_id"] == by_identity[log["identity"]]["request_id"] for log in got.values())
+    plan = (film / "video/plan.md").read_text()
+    assert plan.count("| done |") == 4
 
 
 # ---------------------------------------------------------------- the same on Replicate
@@ -116,7 +149,7 @@ def test_replicate_kill_at_each_write_point_then_rerun_creates_each_prediction_o
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         creates_before = rep.stats.creates
-        statuses = [json.loads(p.read_text())["status"] for p in (film / ".aivp/jobs").glob("*.json")]
+        statuses = [r["status"] for r in journal_records(film / ".aivp")]
         assert ("unknown" if point == "create" else "submitted") in statuses
 
         rerun = _replicate_cli(overrides, tmp_path, "run2")
@@ -132,7 +165,7 @@ def test_replicate_kill_at_each_write_point_then_rerun_creates_each_prediction_o
     got = logs(film)
     assert sorted(log["status"] for log in got.values()) == ["done"] * 4
     assert {log["request_id"] for log in got.values()} == set(rep.predictions)  # each clip its own create
-    records = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
+    records = journal_records(film / ".aivp")
     if point == "create":  # shot-02's lost create was adopted from the list, not made again
         [adopted] = [r for r in records if r.get("reconciled")]
         assert adopted["request_id"] == got["shot-02"]["request_id"]

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAL_SCHEMAS
+from conftest import FAL_SCHEMAS, journal_records
 from test_runner_fal import KEY, _cli, _journal_statuses, fal_overrides, logs, run_in_process
 
 from aivp_batch.app import format_plan, rerender_ids
 from aivp_batch.errors import ConfigError, MediaError
 from aivp_batch.media import probe, sha256_file
+from aivp_batch.records import Journal
 from aivp_batch.testing.fal_server import FakeFal, Fault
 
 GROUPS = {"group-01": ["shot-01", "shot-02"], "group-02": ["shot-03", "shot-04"]}
@@ -158,7 +159,7 @@ def test_a_clip_that_cannot_be_cut_is_kept_and_never_bought_again(film, tmp_path
     for key in ["group-01", "shot-01", "shot-02"]:
         assert got[key]["status"] == "failed" and "could not be cut into its shots" in got[key]["error"]
         assert "rerender=[group-01]" in got[key]["error"]
-    [record] = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
+    [record] = journal_records(film / ".aivp")
     assert record["status"] == "done" and record["parts"] is None  # paid for: journalled done
     monkeypatch.setattr(output, "split_clip", real)
     code, summary = run_in_process(
@@ -267,7 +268,7 @@ def test_a_groups_lost_submit_answer_is_reconciled_from_the_history(film, tmp_pa
         assert fal.stats.calls["submit"] == 2 and fal.stats.duplicate_submits == 0
         assert fal.stats.billed_requests == 2 and fal.stats.calls["history"] >= 1
         got = assert_delivered(film)
-        record = json.loads((film / ".aivp/jobs" / f"{got['group-02']['identity']}.json").read_text())
+        record = Journal(film / ".aivp").get(got["group-02"]["identity"])
         assert (
             record["reconciled"] == "request history" and record["request_id"] == got["shot-04"]["request_id"]
         )

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import journal_records
 from test_multishot import preview_overrides as multishot_overrides
 from test_multishot import renders
 from test_runner_fal import logs, run_in_process
@@ -46,7 +47,7 @@ def with_checks(monkeypatch: pytest.MonkeyPatch, *checks) -> None:
 
 def journal(film: Path) -> dict[str, dict]:
     """The journal's records, by the id of each log that names their identity."""
-    records = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
+    records = journal_records(film / ".aivp")
     by_identity = {r["identity"]: r for r in records}
     return {
         key: by_identity[log["identity"]] for key, log in logs(film).items() if log["identity"] in by_identity
@@ -186,6 +187,6 @@ def test_a_rejected_group_clip_is_not_cut_and_none_of_its_shots_is_delivered(
     for key in ["group-01", *SHOTS]:
         assert got[key]["status"] == "failed" and "a cut lands mid-gesture" in got[key]["error"]
     assert not list((film / "video/clips").glob("*.mp4"))
-    [record] = [json.loads(p.read_text()) for p in (film / ".aivp/jobs").glob("*.json")]
+    [record] = journal_records(film / ".aivp")
     assert record["status"] == "failed" and "parts" not in record
     assert not (film / ".aivp/clips" / record["identity"]).exists()  # never cut

@@ -15,7 +15,7 @@ from test_runner_fal import KEY, fal_overrides, logs, run_in_process
 
 from aivp_batch.errors import AuthError
 from aivp_batch.planning import unused_inputs
-from aivp_batch.records import NO_SEED, plan_row
+from aivp_batch.records import _COMPACT_BYTES, NO_SEED, Journal, plan_row
 from aivp_batch.testing.fal_server import FakeFal
 
 FF = "image/frames/shot-01-ff.png"
@@ -250,3 +250,53 @@ def test_a_new_render_replaces_the_clip_delivered_before(film, tmp_path, monkeyp
     assert code == 0
     log = logs(film)["shot-03"]
     assert sha256_file(clip) == log["clip"]["sha256"] != first
+
+
+# -- the journal: one appended line per transition ------------------------------------------------
+
+
+def test_each_transition_appends_a_line_and_the_last_one_is_the_record(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for status in ("unknown", "submitted", "done"):
+        journal.put("id1", {"status": status, "request_id": "r1"})
+    lines = [line for line in journal.path("id1").read_text().split("\n") if line]
+    assert [json.loads(line)["status"] for line in lines] == ["unknown", "submitted", "done"]
+    assert journal.get("id1")["status"] == "done"
+    assert journal.get("never-sent") is None
+
+
+def test_a_write_torn_by_a_crash_leaves_the_record_before_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.put("id1", {"status": "submitted", "request_id": "r1"})
+    whole = journal.path("id1").read_bytes()
+    with journal.path("id1").open("ab") as fh:  # a crash tore the next append
+        fh.write(b'\n{"status": "done", "clip_sha2')
+    assert journal.get("id1")["status"] == "submitted"
+    # The next run's transition stands on its own line, after the torn one.
+    journal.put("id1", {"status": "done", "request_id": "r1"})
+    assert journal.get("id1")["status"] == "done"
+    assert journal.path("id1").read_bytes().startswith(whole)
+    with journal.path("id1").open("ab") as fh:  # a crash that left zeroed blocks
+        fh.write(b"\0" * 300)
+    assert journal.get("id1")["status"] == "done"
+
+
+def test_a_record_from_an_older_store_is_read_until_it_is_replaced(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs/id1.json").write_text(json.dumps({"status": "done", "request_id": "old"}))
+    assert journal.get("id1")["request_id"] == "old"
+    journal.path("id1").write_bytes(b'\n{"status": "sub')  # the first append torn: the old one stands
+    assert journal.get("id1")["request_id"] == "old"
+    journal.put("id1", {"status": "submitted", "request_id": "new"})
+    assert journal.get("id1")["request_id"] == "new"
+
+
+def test_a_record_file_grown_by_many_reruns_is_compacted_to_its_last_record(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    payload = {"prompt": "x" * 2000}
+    puts = _COMPACT_BYTES // 2000 + 2
+    for n in range(puts):
+        journal.put("id1", {"status": "done", "n": n, "payload": payload})
+    assert journal.path("id1").stat().st_size < _COMPACT_BYTES
+    assert journal.get("id1")["n"] == puts - 1

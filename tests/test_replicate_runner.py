@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import journal_records
 from hydra import compose, initialize_config_module
 
 from aivp_batch import app
@@ -67,7 +68,7 @@ def logs(film: Path) -> dict[str, dict]:
 
 
 def journal(film: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((film / ".aivp/jobs").glob("*.json"))]
+    return journal_records(film / ".aivp")
 
 
 def all_text(*roots: Path) -> str:

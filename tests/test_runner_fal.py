@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAL_SCHEMAS, FAL_TEST_KEY
+from conftest import FAL_SCHEMAS, FAL_TEST_KEY, journal_records
 from hydra import compose, initialize_config_module
 
 from aivp_batch.app import run
@@ -118,7 +118,7 @@ def test_transient_faults_are_survived_without_paying_twice(
 
 
 def journal(film: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((film / ".aivp/jobs").glob("*.json"))]
+    return journal_records(film / ".aivp")
 
 
 def test_lost_submit_answer_is_reconciled_from_the_history(film, tmp_path, monkeypatch) -> None:
@@ -251,13 +251,7 @@ def _cli(
 
 
 def _journal_statuses(film: Path) -> list[str]:
-    out = []
-    for path in (film / ".aivp/jobs").glob("*.json"):
-        try:
-            out.append(json.loads(path.read_text())["status"])
-        except (OSError, ValueError, KeyError):
-            pass
-    return out
+    return [r["status"] for r in journal_records(film / ".aivp") if "status" in r]
 
 
 def _start_and_wait_for_two_submits(fal: FakeFal, film: Path, tmp_path: Path) -> subprocess.Popen:
@@ -417,13 +411,13 @@ def test_prompt_manifest_twice_submits_once(fal, tmp_path, monkeypatch) -> None:
         code, summary = run_in_process([*overrides, *readme], tmp_path / f"run{n}", monkeypatch)
         assert code == 0, summary
     assert fal.stats.calls["submit"] == 1
-    assert list((tmp_path / "home-aivp/jobs").glob("*.json"))
+    assert journal_records(tmp_path / "home-aivp")
     for n in (3, 4):  # the README's form, with output_dir=out: the store is out/.aivp
         overrides = [o for o in fal_overrides(fal, tmp_path, tmp_path) if not o.startswith("project_dir")]
         out = f"output_dir={tmp_path / 'out'}"
         code, _ = run_in_process([*overrides, *readme, out, "seed=5"], tmp_path / f"run{n}", monkeypatch)
         assert code == 0
-    assert fal.stats.calls["submit"] == 2 and list((tmp_path / "out/.aivp/jobs").glob("*.json"))
+    assert fal.stats.calls["submit"] == 2 and journal_records(tmp_path / "out/.aivp")
 
 
 def test_delivered_clips_are_independent_copies(fal, film, tmp_path, monkeypatch) -> None:

@@ -4,7 +4,6 @@ returns it as written; a failed rerender keeps the paid record it was to replace
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ COST = {"estimate_usd": 0.5, "cost_usd": 0.4, "cost_source": "billed"}
 
 
 def on_disk(tmp_path: Path, identity: str = "id1") -> dict:
-    return json.loads((tmp_path / "jobs" / f"{identity}.json").read_text())
+    return Journal(tmp_path).get(identity)
 
 
 @pytest.fixture
