@@ -20,6 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -267,6 +268,8 @@ class PlanBoard:
         self._unwritten: dict[str, Mapping[str, Any]] = {}  # shot logs changed since the last flush
         self._written_at = 0.0
         self._pending: asyncio.TimerHandle | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None  # the last batch handed to the writer
 
     def unplanned(self, shot_id: str, reason: str) -> None:
         """A shot whose spec could not be used: listed as failed with the reason. A shot that
@@ -304,18 +307,42 @@ class PlanBoard:
     def _write(self, final: bool) -> None:
         """Before the end, a log that only says `pending` waits: plan.md lists the shot, and the
         job's next state replaces it (thousands of pending logs would be written only to be
-        replaced a moment later)."""
+        replaced a moment later). The texts are made here; during a run the files are written by
+        one worker thread, in order, so hundreds of them at once never stall the event loop."""
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        for shot_id, log in list(self._unwritten.items()):
-            if final or log.get("status") != "pending":
-                atomic_write_json(self.log_dir / f"{shot_id}.json", log, durable=False)
-                del self._unwritten[shot_id]
+        files = [
+            (self.log_dir / f"{shot_id}.json", dumps(log))
+            for shot_id, log in self._unwritten.items()
+            if final or log.get("status") != "pending"
+        ]
+        self._unwritten = {
+            k: v for k, v in self._unwritten.items() if not final and v.get("status") == "pending"
+        }
         ordered = sorted(self._rows.values(), key=lambda r: r[0])
         text = _plan_text(
             [("" if order[1] == 0 else order[0], row) for order, row, _ in ordered],
             [cost for _, _, cost in ordered],
         )
-        atomic_write_text(self.output_dir / "plan.md", text, durable=False)
+        files.append((self.output_dir / "plan.md", text))
         self._written_at = time.monotonic()
+        if self._writing is not None and (final or self._writing.done()):
+            self._writing.result()  # an error writing the last batch (a full disk) is raised here
+            self._writing = None
+        if final:
+            _write_texts(files)
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aivp-logs")
+        self._writing = self._writer.submit(_write_texts, files, self._writing)
+
+
+def _write_texts(files: list[tuple[Path, str]], before: Future[None] | None = None) -> None:
+    if before is not None:
+        before.result()  # the batch before this one went first (one worker: it has finished)
+    for path, text in files:
+        atomic_write_text(path, text, durable=False)
