@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -15,7 +16,7 @@ from test_runner_fal import KEY, fal_overrides, logs, run_in_process
 
 from aivp_batch.errors import AuthError
 from aivp_batch.planning import unused_inputs
-from aivp_batch.records import _COMPACT_BYTES, NO_SEED, Journal, plan_row
+from aivp_batch.records import _COMPACT_BYTES, NO_SEED, Journal, PlanBoard, plan_row
 from aivp_batch.testing.fal_server import FakeFal
 
 FF = "image/frames/shot-01-ff.png"
@@ -300,3 +301,39 @@ def test_a_record_file_grown_by_many_reruns_is_compacted_to_its_last_record(tmp_
         journal.put("id1", {"status": "done", "n": n, "payload": payload})
     assert journal.path("id1").stat().st_size < _COMPACT_BYTES
     assert journal.get("id1")["n"] == puts - 1
+
+
+# -- shot logs: written with plan.md, off the event loop -----------------------------------------
+
+
+def test_logs_are_written_with_plan_md_and_a_pending_one_only_at_the_end(tmp_path: Path) -> None:
+    async def run() -> None:
+        board = PlanBoard(tmp_path, min_interval_s=60)
+        board.update("shot-01", {"id": "shot-01", "status": "pending"})  # the first change: written now
+        board.update("shot-02", {"id": "shot-02", "status": "submitted", "request_id": "r2"})
+        board.update("shot-02", {"id": "shot-02", "status": "done", "request_id": "r2"})
+        board._writing.result()  # the worker thread's batch
+        assert "shot-01" in (tmp_path / "plan.md").read_text()
+        assert not (tmp_path / "log").exists()  # pending waits; shot-02 waits for the next rewrite
+        board.flush()
+
+    asyncio.run(run())
+    assert json.loads((tmp_path / "log/shot-01.json").read_text())["status"] == "pending"
+    assert json.loads((tmp_path / "log/shot-02.json").read_text())["status"] == "done"
+    plan = (tmp_path / "plan.md").read_text()
+    assert "| pending |" in plan and "| done |" in plan
+
+
+def test_an_error_writing_a_batch_of_logs_is_raised_not_lost(tmp_path: Path) -> None:
+    (tmp_path / "log").write_text("a file where the log folder should be")
+
+    async def run() -> None:
+        board = PlanBoard(tmp_path, min_interval_s=0)
+        board.update("shot-01", {"id": "shot-01", "status": "done"})  # handed to the worker
+        while not board._writing.done():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # past the interval: the next change writes at once
+        with pytest.raises(OSError):
+            board.update("shot-02", {"id": "shot-02", "status": "done"})
+
+    asyncio.run(run())
