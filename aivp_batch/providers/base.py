@@ -117,10 +117,10 @@ class ClipSink:
         self._buffer += chunk
         self.size += len(chunk)
         if len(self._buffer) >= self.BLOCK:
-            block, self._buffer = bytes(self._buffer), bytearray()
+            block, self._buffer = self._buffer, bytearray()  # handed over whole: no copy of it
             await asyncio.to_thread(self._put, block)
 
-    def _put(self, block: bytes) -> None:
+    def _put(self, block: bytes | bytearray) -> None:
         assert self._file is not None
         self._hash.update(block)  # hashlib and file writes release the GIL for big blocks
         self._file.write(block)
@@ -135,13 +135,13 @@ class ClipSink:
         if exc_type is not None:
             self._file.close()  # a failed transfer: nothing more to write
             return
-        tail, self._buffer = bytes(self._buffer), bytearray()
+        tail, self._buffer = self._buffer, bytearray()
         if len(tail) <= self.INLINE_TAIL:  # a small clip: one short write, cheaper than a thread hop
             self._finish(tail)
         else:  # when the page cache is full of dirty clip pages, a long write can stall a while
             await asyncio.to_thread(self._finish, tail)
 
-    def _finish(self, tail: bytes) -> None:
+    def _finish(self, tail: bytes | bytearray) -> None:
         assert self._file is not None
         try:
             if tail:
@@ -154,7 +154,7 @@ async def receive(response: httpx.Response, dest: Path) -> Download:
     """A successful streamed response's body into `dest` through a `ClipSink`. A body shorter than
     its Content-Length is `Retryable`: the transfer broke, and the file starts again."""
     async with ClipSink(dest) as sink:
-        async for chunk in response.aiter_bytes(1 << 16):
+        async for chunk in response.aiter_bytes():  # as they arrive: re-chunking would copy them
             await sink.write(chunk)
     expected = response.headers.get("content-length")
     if expected and expected.isdigit() and response.num_bytes_downloaded != int(expected):
