@@ -386,7 +386,7 @@ async def execute(
 
 def sweep_budget(paths: Paths) -> SweepBudget | None:
     """A member of an aivp sweep books its spend in the sweep's one budget (the sweeper writes
-    `budget.json` in the sweep dir before it launches the members; a plain run has none)."""
+    `budget.jsonl` in the sweep dir before it launches the members; a plain run has none)."""
     if not paths.sweep_member:
         return None
     path = paths.run_dir.parent / SWEEP_BUDGET

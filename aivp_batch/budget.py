@@ -4,8 +4,8 @@ Before each submit the job's estimate is reserved under a lock, so concurrent jo
 together pass the budget. A reservation is settled with the billed cost when the provider
 reports one (else the estimate), or released when the provider did not bill the failure.
 
-A sweep member also books every reservation in the sweep's `SweepBudget` (`<sweep dir>/budget.json`,
-under an flock), so members running in parallel processes hold one budget between them.
+A sweep member also books every reservation in the sweep's `SweepBudget` (`<sweep dir>/budget.jsonl`,
+appended under an flock), so members running in parallel processes hold one budget between them.
 """
 
 from __future__ import annotations
@@ -18,67 +18,102 @@ from typing import Any, TextIO
 
 from filelock import UnixFileLock
 
-from .files import atomic_write_json, ensure_dir
-from .records import now_iso, read_json
+from .files import atomic_write_text, ensure_dir
+from .records import now_iso
 
-SWEEP_BUDGET = "budget.json"  # in the sweep dir, beside the member folders
+SWEEP_BUDGET = "budget.jsonl"  # in the sweep dir, beside the member folders
 
 
 class SweepBudget:
     """What a whole sweep has spent and holds in reservations, shared by its members' processes.
 
-    The state is one small JSON file rewritten under an flock for each reserve / settle / release,
-    so its size is the number of reservations in flight, not the number of jobs. A member that dies
-    holding a reservation leaves it booked: the sweep errs towards spending less, never more.
+    The state is a log of the members' events, one JSON line each, appended under an flock: a
+    reservation `{"hold": "<member>/<key>", "usd": …}`, its settling `{"settle": …, "usd": …}` or its
+    release `{"release": …}`. Each process folds the log as it goes: under the lock it reads only
+    what the others appended since it last looked, then appends its own line. Nothing is rewritten
+    or renamed (a rename per event allocated an inode and freed one, twice a clip). A member killed
+    mid-write leaves a torn line, which no one can parse and everyone skips (each line starts on a
+    new one); a member that dies holding a reservation leaves it booked: the sweep errs towards
+    spending less, never more.
     """
 
     def __init__(self, path: Path, member: str) -> None:
         self.path = path
         self.member = member
         self._lock = UnixFileLock(path.with_name(path.name + ".lock"), thread_local=False)
+        self._fd: int | None = None
+        self._read_to = 0  # how much of the log is folded into the two below
+        self.spent_usd = 0.0
+        self.reserved: dict[str, float] = {}
 
     @classmethod
     def create(cls, sweep_dir: Path) -> Path:
-        """A fresh budget file for a sweep about to launch its members."""
+        """A fresh budget log for a sweep about to launch its members."""
         path = sweep_dir / SWEEP_BUDGET
-        atomic_write_json(path, {"spent_usd": 0.0, "reserved": {}})
+        atomic_write_text(path, "")
         return path
 
     def reserve(self, key: str, estimate_usd: float, budget_usd: float | None) -> bool:
         with self._lock:
-            state = self._read()
-            committed = state["spent_usd"] + sum(state["reserved"].values())
+            self._catch_up()
+            committed = self.spent_usd + sum(self.reserved.values())
             if budget_usd is not None and committed + estimate_usd > budget_usd + 1e-9:
                 return False
-            state["reserved"][f"{self.member}/{key}"] = estimate_usd
-            self._write(state)
+            self._append({"hold": f"{self.member}/{key}", "usd": estimate_usd})
             return True
 
     def settle(self, key: str, cost_usd: float) -> None:
         with self._lock:
-            state = self._read()
-            state["reserved"].pop(f"{self.member}/{key}", None)
-            state["spent_usd"] = round(state["spent_usd"] + cost_usd, 6)
-            self._write(state)
+            self._catch_up()
+            self._append({"settle": f"{self.member}/{key}", "usd": cost_usd})
 
     def release(self, key: str) -> None:
         with self._lock:
-            state = self._read()
-            state["reserved"].pop(f"{self.member}/{key}", None)
-            self._write(state)
+            self._catch_up()
+            self._append({"release": f"{self.member}/{key}"})
 
-    def _read(self) -> dict[str, Any]:
-        state = read_json(self.path) or {}
-        return {
-            "spent_usd": float(state.get("spent_usd") or 0.0),
-            "reserved": dict(state.get("reserved") or {}),
-        }
+    def read(self) -> SweepBudget:
+        """Fold in what every member has appended (e.g. to report the sweep's state)."""
+        with self._lock:
+            self._catch_up()
+        return self
 
-    def _write(self, state: dict[str, Any]) -> None:
-        # Renamed into place (a killed member leaves the old state or the new, never half), not
-        # fsynced: the file only coordinates live processes and a sweep starts a fresh one, so an
-        # fsync per reservation would only stall every member's event loop (two per clip).
-        atomic_write_json(self.path, state, pretty=False, durable=False)
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _file(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        return self._fd
+
+    def _catch_up(self) -> None:
+        fd = self._file()
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size - self._read_to, self._read_to) if size > self._read_to else b""
+        self._read_to += len(data)
+        for line in data.split(b"\n"):
+            if line.strip():
+                try:
+                    self._fold(json.loads(line))
+                except (ValueError, TypeError, KeyError):  # a line torn by a killed member
+                    continue
+
+    def _append(self, event: dict[str, Any]) -> None:
+        line = ("\n" + json.dumps(event)).encode()
+        os.write(self._file(), line)  # under the lock: nothing was appended since the catch-up
+        self._read_to += len(line)
+        self._fold(event)
+
+    def _fold(self, event: dict[str, Any]) -> None:
+        if "hold" in event:
+            self.reserved[event["hold"]] = float(event["usd"])
+        elif "settle" in event:
+            self.reserved.pop(event["settle"], None)
+            self.spent_usd = round(self.spent_usd + float(event["usd"]), 6)
+        elif "release" in event:
+            self.reserved.pop(event["release"], None)
 
 
 class Ledger:
@@ -132,6 +167,8 @@ class Ledger:
             self._append("release", key, identity, estimate_usd=estimate, cost_usd=0.0, reason=reason)
 
     def close(self) -> None:
+        if self.sweep is not None:
+            self.sweep.close()
         if self._file is not None:
             os.fsync(self._file.fileno())
             self._file.close()

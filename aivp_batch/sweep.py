@@ -10,7 +10,7 @@ that calls `plan_sweep` before launching and `run_members` to launch.
 - Names: a member's folder is named from the overrides the sweep varies (`model=kling_v3,seed=2`),
   made file-system safe (`name_member`); the rest of the command line is the same for all.
 - One budget: a member's `budget_usd` bounds what the whole sweep spends. Every member books its
-  reservations in `<sweep dir>/budget.json` (`budget.SweepBudget`, under an flock), so members run
+  reservations in `<sweep dir>/budget.jsonl` (`budget.SweepBudget`, under an flock), so members run
   one after another or in parallel processes under a launcher hold one budget between them; a
   job the sweep's budget cannot hold is refused and its member reported so.
 - Shared work: members share the job store; a job two members want is rendered by whichever holds
@@ -199,7 +199,7 @@ def run_members(
 ) -> list[Any]:
     """Launch the members under the sweep's one budget and record each outcome. The launcher runs
     them one after another (Hydra's basic launcher) or in parallel processes (joblib, submitit,
-    ray): either way every reservation goes through `<sweep dir>/budget.json`."""
+    ray): either way every reservation goes through `<sweep dir>/budget.jsonl`."""
     SweepBudget.create(sweep_dir)
     returns = list(launch([m.overrides for m in members]))
     for member in members:

@@ -31,8 +31,22 @@ def test_members_in_parallel_processes_never_pass_the_sweeps_budget(tmp_path: Pa
     for p in procs:
         p.join(timeout=60)
     assert sum(granted) == 40  # $10 at $0.25 a job, whichever process asked first
-    state = json.loads(path.read_text())
-    assert state == {"spent_usd": 10.0, "reserved": {}}
+    state = SweepBudget(path, "reader").read()
+    assert state.spent_usd == 10.0 and state.reserved == {}
+    assert len([line for line in path.read_text().split("\n") if line]) == 80  # 40 holds, 40 settles
+
+
+def test_a_line_torn_by_a_killed_member_is_skipped_and_the_log_goes_on(tmp_path: Path) -> None:
+    path = SweepBudget.create(tmp_path)
+    a = SweepBudget(path, "a")
+    assert a.reserve("shot-01", 3.0, 10.0)
+    with path.open("ab") as fh:  # member b was killed halfway through appending its reservation
+        fh.write(b'\n{"hold": "b/shot-01", "us')
+    b = SweepBudget(path, "b")
+    assert b.reserve("shot-02", 6.0, 10.0) and not b.reserve("shot-03", 2.0, 10.0)
+    a.settle("shot-01", 2.5)
+    state = SweepBudget(path, "reader").read()
+    assert state.reserved == {"b/shot-02": 6.0} and state.spent_usd == 2.5
 
 
 def test_a_released_reservation_goes_back_to_the_sweep(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from conftest import FAL_TEST_KEY
 from test_runner_fal import fal_overrides
 
+from aivp_batch.budget import SWEEP_BUDGET, SweepBudget
 from aivp_batch.testing.fal_server import FakeFal
 
 MEMBERS = ["model=kling_v26,seed=1", "model=kling_v26,seed=2", "model=veo31,seed=1", "model=veo31,seed=2"]
@@ -171,8 +172,8 @@ def test_parallel_members_under_joblib_hold_one_budget(film: Path, tmp_path: Pat
     assert sorted(m["exit_status"] for m in members) == [0, 1, 1]
     assert sum(m["refused_by_budget"] for m in members) == 2
     assert sum(m["spent_usd"] for m in members) <= budget
-    state = json.loads((tmp_path / "sweep/budget.json").read_text())
-    assert state["reserved"] == {} and 0 < state["spent_usd"] <= budget
+    state = SweepBudget(tmp_path / "sweep" / SWEEP_BUDGET, "test").read()
+    assert state.reserved == {} and 0 < state.spent_usd <= budget
     assert proc.stdout.count("1 refused by the sweep's budget_usd") == 2
     # Members in parallel print plain lines, each naming its member (no interleaved live tables).
     assert "seed=2: [" in proc.stdout or "seed=2: [" in proc.stderr
