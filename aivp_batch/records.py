@@ -286,6 +286,7 @@ class PlanBoard:
         changing at once would otherwise rewrite plan.md hundreds of times, and each rewrite of a
         log costs an inode). Nothing relies on a log being current: the journal is what a rerun
         trusts, and it writes every log again from it."""
+        self._raise_write_error()
         self._rows[shot_id] = (_order(log), plan_row(log), _costs(log))
         self._unwritten[shot_id] = log
         # Each rewrite formats every row: past a few hundred shots, rewrite less often (1.5 s at
@@ -327,22 +328,26 @@ class PlanBoard:
         )
         files.append((self.output_dir / "plan.md", text))
         self._written_at = time.monotonic()
-        if self._writing is not None and (final or self._writing.done()):
-            self._writing.result()  # an error writing the last batch (a full disk) is raised here
-            self._writing = None
+        previous, self._writing = self._writing, None
         if final:
-            _write_texts(files)
+            _write_texts(files, previous)  # after the batch in the air; its error is raised here
             if self._writer is not None:
                 self._writer.shutdown()
                 self._writer = None
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aivp-logs")
-        self._writing = self._writer.submit(_write_texts, files, self._writing)
+        self._writing = self._writer.submit(_write_texts, files, previous)
+
+    def _raise_write_error(self) -> None:
+        """A batch that failed (a full disk, a folder made read-only) fails the change after it."""
+        if self._writing is not None and self._writing.done() and self._writing.exception():
+            self._writing, failed = None, self._writing
+            failed.result()
 
 
 def _write_texts(files: list[tuple[Path, str]], before: Future[None] | None = None) -> None:
     if before is not None:
-        before.result()  # the batch before this one went first (one worker: it has finished)
+        before.result()  # the batch before this one goes first; its error is this one's
     for path, text in files:
         atomic_write_text(path, text, durable=False)
