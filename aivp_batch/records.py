@@ -33,6 +33,7 @@ PLAN_HEADER = (
     "|---|------|------|-------|------|--------|------|------|------------|------|\n"
 )
 NO_SEED = "—, not taken by this model"
+SUPERSEDED = "its shots were rendered another way since; this clip stays"
 _NOTE_CHARS = 160
 
 
@@ -253,7 +254,11 @@ class PlanBoard:
         self.min_interval_s = min_interval_s
         logs = read_logs(self.log_dir)
         # Each shot's rendered row, so a change re-formats one row, not the whole table.
-        self._rows = {str(log.get("id")): (_order(log), plan_row(log), _costs(log)) for log in logs}
+        self._rows: dict[str, tuple[tuple[int, int, str], str, tuple[float, float]]] = {}
+        self._groups: dict[str, Mapping[str, Any]] = {}  # multi-shot groups' logs, by group id
+        self._part_of: dict[str, str | None] = {}  # the group each shot's log says it is part of
+        for log in logs:
+            self._remember(str(log.get("id")), log)
         # What was last delivered per shot (as this run began): the clip's hash and the delivered
         # copy's size/mtime, to tell a clip someone edited from one we put there.
         self.delivered: dict[str, dict[str, Any]] = {
@@ -287,7 +292,7 @@ class PlanBoard:
         log costs an inode). Nothing relies on a log being current: the journal is what a rerun
         trusts, and it writes every log again from it."""
         self._raise_write_error()
-        self._rows[shot_id] = (_order(log), plan_row(log), _costs(log))
+        self._remember(shot_id, log)
         self._unwritten[shot_id] = log
         # Each rewrite formats every row: past a few hundred shots, rewrite less often (1.5 s at
         # 3,000), so plan.md's cost per clip stays flat whatever the run's size.
@@ -300,6 +305,23 @@ class PlanBoard:
                 self._pending = asyncio.get_running_loop().call_later(wait, self._write, False)
             except RuntimeError:  # no event loop: write at once
                 self.flush()
+
+    def _remember(self, shot_id: str, log: Mapping[str, Any]) -> None:
+        self._rows[shot_id] = (_order(log), plan_row(log), _costs(log))
+        if log.get("type") == "group":
+            self._groups[shot_id] = log
+        else:
+            self._part_of[shot_id] = log.get("group")
+
+    def _superseded(self) -> dict[str, str]:
+        """The rows of groups whose shots have all been rendered another way since (another
+        grouping, or one by one): the group's clip and cost stay listed, saying so."""
+        rows = {}
+        for group_id, log in self._groups.items():
+            shots = [str(s) for s in log.get("shots") or ()]
+            if shots and all(self._part_of.get(s) != group_id for s in shots):
+                rows[group_id] = plan_row({**log, "note": SUPERSEDED})
+        return rows
 
     def flush(self) -> None:
         """Write every log not yet written, and plan.md: at the end of a run, or of a command."""
@@ -321,7 +343,11 @@ class PlanBoard:
         self._unwritten = {
             k: v for k, v in self._unwritten.items() if not final and v.get("status") == "pending"
         }
-        ordered = sorted(self._rows.values(), key=lambda r: r[0])
+        superseded = self._superseded()
+        ordered = sorted(
+            ((order, superseded.get(key, row), cost) for key, (order, row, cost) in self._rows.items()),
+            key=lambda r: r[0],
+        )
         text = _plan_text(
             [("" if order[1] == 0 else order[0], row) for order, row, _ in ordered],
             [cost for _, _, cost in ordered],

@@ -337,3 +337,23 @@ def test_an_error_writing_a_batch_of_logs_is_raised_not_lost(tmp_path: Path) -> 
             board.update("shot-02", {"id": "shot-02", "status": "done"})
 
     asyncio.run(run())
+
+
+def test_a_group_whose_shots_were_rendered_another_way_since_says_so(tmp_path: Path) -> None:
+    group = {"id": "group-01", "type": "group", "shots": ["shot-01", "shot-02"], "status": "done"}
+    board = PlanBoard(tmp_path)
+    board.update("group-01", group)
+    for shot in ("shot-01", "shot-02"):
+        board.update(shot, {"id": shot, "type": "clip", "status": "done", "group": "group-01"})
+    board.flush()
+    assert "rendered another way since" not in (tmp_path / "plan.md").read_text()
+    board.update("shot-01", {"id": "shot-01", "type": "clip", "status": "done"})  # now on its own
+    board.flush()
+    assert "rendered another way since" not in (tmp_path / "plan.md").read_text()  # shot-02 is a part
+    board.update("shot-02", {"id": "shot-02", "type": "clip", "status": "done"})
+    board.flush()
+    [row] = [line for line in (tmp_path / "plan.md").read_text().splitlines() if "group-01" in line]
+    assert "group of shot-01, shot-02; its shots were rendered another way since; this clip stays" in row
+    # A new board (the next run) reads the same from the logs.
+    PlanBoard(tmp_path).flush()
+    assert "rendered another way since" in (tmp_path / "plan.md").read_text()
