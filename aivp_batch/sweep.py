@@ -1,5 +1,6 @@
 """A sweep (`-m`): every member is composed, planned, validated and priced before the first one
-spends anything, then the members run one after another under one budget.
+spends anything, then the members run through the launcher (one after another, or in parallel
+processes) under one budget.
 
 The Hydra side is `hydra_plugins/aivp_batch_sweeper` (`hydra/sweeper: aivp`), a `BasicSweeper`
 that calls `plan_sweep` before launching and `run_members` to launch.
