@@ -372,6 +372,7 @@ async def execute(
         price_drift=float(cfg.get("price_drift", 0.05)),
         uploads=UploadCache(paths.store_dir, float(cfg.provider.get("upload_ttl_s") or 0)),
         job_locks=JobLocks(paths.store_dir),
+        shared_slots=paths.run_dir.parent / ".slots" if paths.sweep_member and paths.parallel else None,
         on_event=progress,
     )
     _install_interrupts(ctx)

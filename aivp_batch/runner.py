@@ -28,6 +28,7 @@ from typing import Any
 from .billing import billed_cost, drift_warning, expected_units
 from .budget import Ledger
 from .errors import AivpError, MediaError, ProviderError, RequestFailed, SubmitNotAccepted, TransientError
+from .in_flight import SharedSlots, Slots, slots_for
 from .openapi import EndpointSchema
 from .output import ClipCheck, ClipRejected, JobOutput
 from .planning import Job, replace_strings
@@ -58,6 +59,9 @@ class RunContext:
     price_drift: float = 0.05  # warn once per endpoint when fal's price and ours differ by more
     uploads: UploadCache | None = None
     job_locks: JobLocks | None = None  # one render per identity across processes (sweep members)
+    # A sweep member beside others (a parallel launcher): the sweep's one in-flight limit is held
+    # through this folder's slot locks (in_flight.SharedSlots).
+    shared_slots: Path | None = None
     on_event: Callable[[str, str, Mapping[str, Any]], None] | None = None
     stop_submitting: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_inflight: asyncio.Event = field(default_factory=asyncio.Event)
@@ -98,7 +102,7 @@ class _JobRun:
         self.entry = JobEntry(ctx.journal, job.identity, group=bool(job.shot_durations_s))
         self.out = JobOutput(job, provider, ctx.journal, ctx.delivered, ctx.board.delivered, ctx.clip_checks)
         self.t0 = time.monotonic()
-        self._slot: asyncio.Semaphore | None = None
+        self._slot: Slots | None = None
 
     @property
     def is_group(self) -> bool:
@@ -144,7 +148,7 @@ class _JobRun:
         return self.fail(message, cost_usd=0.0)
 
     # -- the job -------------------------------------------------------------------------------
-    async def run(self, slots: asyncio.Semaphore, same_identity: asyncio.Lock) -> JobResult:
+    async def run(self, slots: Slots, same_identity: asyncio.Lock) -> JobResult:
         # Two jobs with one identity run one after the other, so the second reuses the first; in
         # another process (a parallel sweep member), the job's lock in the store does the same.
         async with same_identity, self._held_elsewhere():
@@ -165,7 +169,7 @@ class _JobRun:
 
         return self.ctx.job_locks.hold(self.job.identity, waiting)
 
-    async def _run(self, slots: asyncio.Semaphore) -> JobResult:
+    async def _run(self, slots: Slots) -> JobResult:
         record = self.entry.begin()
         edited = {} if self.rerender else self.out.edited(record)
         if edited and not (self.is_group and record.get("status") == DONE):
@@ -600,7 +604,7 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
         await provider.check_auth([run.job.endpoint for run in pending])
         await _price_unpriced(pending, provider)
         await _check_prices([run.job for run in pending], provider, ctx)
-    slots = asyncio.Semaphore(max(1, ctx.max_in_flight))
+    slots = slots_for(ctx.max_in_flight, ctx.shared_slots)
     locks: dict[str, asyncio.Lock] = {}
     try:
         return list(
@@ -611,3 +615,5 @@ async def run_jobs(jobs: list[Job], provider: Provider, ctx: RunContext) -> list
     finally:
         ctx.board.flush()
         ctx.ledger.close()
+        if isinstance(slots, SharedSlots):
+            slots.close()

@@ -124,7 +124,7 @@ class JobLocks:
         ensure_dir(self.dir)
         fd = os.open(self.dir / f"{identity}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            while not _try_flock(fd):
+            while not try_flock(fd):
                 if on_wait is not None:
                     on_wait()
                     on_wait = None
@@ -134,7 +134,7 @@ class JobLocks:
             os.close(fd)  # closing the descriptor drops the lock
 
 
-def _try_flock(fd: int) -> bool:
+def try_flock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -199,10 +199,27 @@ def test_parallel_members_wanting_one_job_render_it_once(film: Path, tmp_path: P
     assert logs[0]["request_id"] == logs[1]["request_id"]
 
 
+def test_parallel_members_hold_one_in_flight_limit(film: Path, tmp_path: Path) -> None:
+    """Three members at once under joblib, `provider.max_in_flight=1`: the sweep never has more
+    than one request waiting at fal (its status streams), as it holds one budget."""
+    env = {"FAL_KEY": FAL_TEST_KEY}
+    with FakeFal(key=FAL_TEST_KEY, latency_s=0.4) as fal:
+        overrides = fal_overrides(
+            fal, film, tmp_path, "shots=[1,3]", "model=seedance_v15", "provider.max_in_flight=1"
+        )
+        proc = sweep(
+            tmp_path, *overrides, "seed=1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", env=env
+        )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert fal.stats.calls["submit"] == 6 and fal.stats.duplicate_submits == 0
+    assert fal.stats.max_open_streams == 1
+    assert sorted(p.name for p in (tmp_path / "sweep/.slots").iterdir()) == ["000.lock"]
+
+
 def test_a_sweep_through_submitits_local_executor(film: Path, tmp_path: Path) -> None:
     proc = preview_sweep(film, tmp_path, "kling_v26", "seed=1,2", "hydra/launcher=submitit_local")
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert member_dirs(tmp_path) == [".submitit", "seed=1", "seed=2"]
+    assert member_dirs(tmp_path) == [".slots", ".submitit", "seed=1", "seed=2"]
     for name in ("seed=1", "seed=2"):
         assert json.loads((tmp_path / "sweep" / name / "summary.json").read_text())["exit_status"] == 0
         assert (tmp_path / "sweep" / name / "video/clips/shot-03.mp4").is_file()
