@@ -242,6 +242,7 @@ def _order(log: Mapping[str, Any]) -> tuple[int, int, str]:
 
 
 _PLAN_S_PER_ROW = 0.0005  # plan.md's least interval between rewrites, per row it lists
+_ON_THE_WAY = ("pending", "queued")  # a log in these states is written when the run ends, if still so
 
 
 class PlanBoard:
@@ -328,9 +329,10 @@ class PlanBoard:
         self._write(final=True)
 
     def _write(self, final: bool) -> None:
-        """Before the end, a log that only says `pending` waits: plan.md lists the shot, and the
-        job's next state replaces it (thousands of pending logs would be written only to be
-        replaced a moment later). The texts are made here; during a run the files are written by
+        """Before the end, a log that says its job is on the way (`pending`, `queued`) waits for
+        the job's next state: plan.md lists the shot meanwhile, with its request id, and the
+        journal holds it durably (every such log would be written only to be replaced, each
+        rewrite freeing an inode). The texts are made here; during a run the files are written by
         one worker thread, in order, so hundreds of them at once never stall the event loop."""
         if self._pending is not None:
             self._pending.cancel()
@@ -338,10 +340,10 @@ class PlanBoard:
         files = [
             (self.log_dir / f"{shot_id}.json", dumps(log))
             for shot_id, log in self._unwritten.items()
-            if final or log.get("status") != "pending"
+            if final or log.get("status") not in _ON_THE_WAY
         ]
         self._unwritten = {
-            k: v for k, v in self._unwritten.items() if not final and v.get("status") == "pending"
+            k: v for k, v in self._unwritten.items() if not final and v.get("status") in _ON_THE_WAY
         }
         superseded = self._superseded()
         ordered = sorted(

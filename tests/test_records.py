@@ -306,22 +306,30 @@ def test_a_record_file_grown_by_many_reruns_is_compacted_to_its_last_record(tmp_
 # -- shot logs: written with plan.md, off the event loop -----------------------------------------
 
 
-def test_logs_are_written_with_plan_md_and_a_pending_one_only_at_the_end(tmp_path: Path) -> None:
-    async def run() -> None:
-        board = PlanBoard(tmp_path, min_interval_s=60)
-        board.update("shot-01", {"id": "shot-01", "status": "pending"})  # the first change: written now
-        board.update("shot-02", {"id": "shot-02", "status": "submitted", "request_id": "r2"})
-        board.update("shot-02", {"id": "shot-02", "status": "done", "request_id": "r2"})
+def test_logs_are_written_with_plan_md_and_one_on_the_way_only_when_it_moves_on(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.md"
+
+    async def change(board: PlanBoard, shot_id: str, log: dict) -> None:
+        await asyncio.sleep(0.01)  # past the interval (0.5 ms a row here): written at once
+        board.update(shot_id, {"id": shot_id, **log})
         board._writing.result()  # the worker thread's batch
-        assert "shot-01" in (tmp_path / "plan.md").read_text()
-        assert not (tmp_path / "log").exists()  # pending waits; shot-02 waits for the next rewrite
-        board.flush()
+
+    async def run() -> None:
+        board = PlanBoard(tmp_path, min_interval_s=0)
+        await change(board, "shot-01", {"status": "pending"})
+        await change(board, "shot-02", {"status": "queued", "request_id": "r2"})
+        assert "| pending |" in plan.read_text() and "r2" in plan.read_text()
+        assert not (tmp_path / "log").exists()  # on the way: plan.md says so, the logs wait
+        await change(board, "shot-02", {"status": "done", "request_id": "r2"})
+        assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["shot-02.json"]
+        board.update("shot-03", {"id": "shot-03", "status": "failed", "error": "x"})
+        board.flush()  # the end: every log, whatever it says
 
     asyncio.run(run())
     assert json.loads((tmp_path / "log/shot-01.json").read_text())["status"] == "pending"
     assert json.loads((tmp_path / "log/shot-02.json").read_text())["status"] == "done"
-    plan = (tmp_path / "plan.md").read_text()
-    assert "| pending |" in plan and "| done |" in plan
+    assert json.loads((tmp_path / "log/shot-03.json").read_text())["status"] == "failed"
+    assert "| failed |" in plan.read_text()
 
 
 def test_an_error_writing_a_batch_of_logs_is_raised_not_lost(tmp_path: Path) -> None:
