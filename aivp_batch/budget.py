@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from filelock import UnixFileLock
 
-from .files import atomic_write_text, ensure_dir
+from .files import appended_records, atomic_write_text, ensure_dir
 from .records import now_iso
 
 SWEEP_BUDGET = "budget.jsonl"  # in the sweep dir, beside the member folders
@@ -93,12 +93,11 @@ class SweepBudget:
         size = os.fstat(fd).st_size
         data = os.pread(fd, size - self._read_to, self._read_to) if size > self._read_to else b""
         self._read_to += len(data)
-        for line in data.split(b"\n"):
-            if line.strip():
-                try:
-                    self._fold(json.loads(line))
-                except (ValueError, TypeError, KeyError):  # a line torn by a killed member
-                    continue
+        for event in appended_records(data):  # a line torn by a killed member is skipped
+            try:
+                self._fold(event)
+            except (KeyError, TypeError, ValueError):  # not an event of ours: nothing to fold
+                continue
 
     def _append(self, event: dict[str, Any]) -> None:
         line = ("\n" + json.dumps(event)).encode()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,20 @@ def append_bytes(path: Path, data: bytes, *, durable: bool = True) -> int:
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+def appended_records(data: bytes, *, newest_first: bool = False) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a file written by `append_bytes`, one a line (each starting on a new
+    line). A line a crash tore does not parse and is skipped: the one before it stands."""
+    lines = data.split(b"\n")
+    for line in reversed(lines) if newest_first else lines:
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
 
 
 def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:

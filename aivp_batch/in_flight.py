@@ -17,8 +17,7 @@ import random
 from pathlib import Path
 from typing import Protocol
 
-from .files import ensure_dir
-from .store_lock import try_flock
+from .store_lock import open_lock_file, try_flock
 
 
 class Slots(Protocol):
@@ -75,8 +74,7 @@ class SharedSlots:
 
     def _fd(self, slot: int) -> int:
         if slot not in self._fds:
-            ensure_dir(self.folder)
-            self._fds[slot] = os.open(self.folder / f"{slot:03d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._fds[slot] = open_lock_file(self.folder / f"{slot:03d}.lock")
         return self._fds[slot]
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .files import append_bytes, atomic_write_json, atomic_write_text, dumps
+from .files import append_bytes, appended_records, atomic_write_json, atomic_write_text, dumps
 
 PLAN_HEADER = (
     "| # | Type | File | Model | Mode | Status | Seed | Cost | Request ID | Note |\n"
@@ -65,15 +65,7 @@ _COMPACT_BYTES = 64 * 1024  # a record file past this is rewritten with its last
 
 def last_record(data: bytes) -> dict[str, Any] | None:
     """The last line of `data` that is a whole JSON object: the latest record written in full."""
-    for line in reversed(data.split(b"\n")):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a write torn by a crash: the record before it stands
-                continue
-            if isinstance(record, dict):
-                return record
-    return None
+    return next(appended_records(data, newest_first=True), None)
 
 
 class Journal:
@@ -337,14 +329,14 @@ class PlanBoard:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
-        files = [
-            (self.log_dir / f"{shot_id}.json", dumps(log))
-            for shot_id, log in self._unwritten.items()
-            if final or log.get("status") not in _ON_THE_WAY
-        ]
-        self._unwritten = {
-            k: v for k, v in self._unwritten.items() if not final and v.get("status") in _ON_THE_WAY
-        }
+        files: list[tuple[Path, str]] = []
+        waiting: dict[str, Mapping[str, Any]] = {}
+        for shot_id, log in self._unwritten.items():
+            if final or log.get("status") not in _ON_THE_WAY:
+                files.append((self.log_dir / f"{shot_id}.json", dumps(log)))
+            else:
+                waiting[shot_id] = log
+        self._unwritten = waiting
         superseded = self._superseded()
         ordered = sorted(
             ((order, superseded.get(key, row), cost) for key, (order, row, cost) in self._rows.items()),

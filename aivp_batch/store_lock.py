@@ -121,8 +121,7 @@ class JobLocks:
     @asynccontextmanager
     async def hold(self, identity: str, on_wait: Callable[[], None] | None = None) -> AsyncIterator[None]:
         # A bare flock, not filelock: one per job, and filelock's bookkeeping costs more than the lock.
-        ensure_dir(self.dir)
-        fd = os.open(self.dir / f"{identity}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.dir / f"{identity}.lock")
         try:
             while not try_flock(fd):
                 if on_wait is not None:
@@ -132,6 +131,12 @@ class JobLocks:
             yield
         finally:
             os.close(fd)  # closing the descriptor drops the lock
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor to flock (`try_flock`); closing it drops the lock."""
+    ensure_dir(path.parent)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
 def try_flock(fd: int) -> bool:
